@@ -1,0 +1,224 @@
+"""Flags of every front-end, as dataclasses, merged from presets < --config YAML < command line.
+
+Nothing heavy is imported here so `--help` answers at once.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from unitune.errors import UnituneError
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_BASE = ROOT / "models" / "unitune-tiny"
+
+
+def flag(default: Any = None, help: str = "", aliases: tuple[str, ...] = (), **argparse_kwargs: Any) -> Any:
+    """A dataclass field that knows its command-line help and its alternative spellings."""
+    meta = {"help": help, "aliases": aliases, "argparse": argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelArgs:
+    model_type: str = flag("llama", "model family from the registry (see unitune/models.py), or 'auto'")
+    model_name_or_path: Optional[str] = flag(None, "base model directory; default: the embedded tiny model",
+                                             aliases=("--base_model",))
+    adapter: Optional[str] = flag(None, "trained adapter directory to load on the base",
+                                  aliases=("--lora_dir", "--adapter_name_or_path", "--lora_weights"))
+    template: Optional[str] = flag(None, "prompt template from templates/*.json; default: the model type's")
+    quantization_bit: Optional[int] = flag(None, "load the base in 4 or 8 bits (bitsandbytes)", choices=[4, 8])
+    compute_dtype: str = flag("auto", "dtype for weights and compute",
+                              choices=["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
+    double_quant: bool = flag(True, "nested quantization of the 4-bit constants")
+    quant_type: str = flag("nf4", "4-bit data type", choices=["nf4", "fp4"])
+    trust_remote_code: bool = flag(False, "allow running the checkpoint's own Python code")
+
+    @property
+    def base_path(self) -> str:
+        return self.model_name_or_path or str(EMBEDDED_BASE)
+
+
+@dataclass
+class DataArgs:
+    data: list = flag(["unitune-synth"], "dataset names from data/dataset_info.json and/or file paths",
+                      aliases=("--dataset", "--data_path"), nargs="+")
+    eval_data: Optional[list] = flag(None, "held-out sets for exact-match accuracy of base and tuned model; "
+                                     "default: the eval files the registered datasets name", nargs="+")
+    eval_samples: int = flag(200, "at most this many held-out records are scored")
+    cutoff_len: int = flag(512, "maximum tokens per example; longer ones are truncated")
+    val_set_size: float = flag(0, "validation split: a count (>=1) or a fraction (<1)")
+    train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")
+    max_samples: Optional[int] = flag(None, "use at most this many training records per dataset")
+    cache_dir: Optional[str] = flag(None, "tokenized-data cache; default ~/.cache/unitune/tokenized")
+
+
+@dataclass
+class PeftArgs:
+    peft_type: str = flag("lora", "PEFT method from the registry, or a preset peft/<name>.yaml",
+                          aliases=("--finetuning_type",))
+    lora_r: int = flag(8, "LoRA rank")
+    lora_alpha: float = flag(16, "LoRA scaling numerator")
+    lora_dropout: float = flag(0.05, "dropout on the LoRA input")
+    lora_target_modules: Optional[list] = flag(None, "module names LoRA wraps; default: the model type's",
+                                               aliases=("--lora_target",), nargs="+")
+
+
+@dataclass
+class TrainArgs:
+    output_dir: Optional[str] = flag(None, "where the adapter and logs go; default output/<model_type>-<peft_type>")
+    per_gpu_train_batch_size: int = flag(8, "batch size per device",
+                                         aliases=("--per_device_train_batch_size", "--micro_batch_size"))
+    gradient_accumulation_steps: int = flag(1, "micro-batches per optimizer step")
+    epochs: float = flag(3, "passes over the training data", aliases=("--num_train_epochs", "--num_epochs"))
+    max_steps: int = flag(-1, "stop after this many optimizer steps (overrides --epochs)")
+    learning_rate: float = flag(3e-4, "peak learning rate")
+    lr_scheduler_type: str = flag("cosine", "transformers scheduler name")
+    warmup_ratio: float = flag(0.0, "fraction of steps for linear warm-up")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    max_grad_norm: float = flag(1.0, "gradient clipping")
+    gradient_checkpointing: bool = flag(False, "recompute activations to save memory")
+    save_steps: Optional[int] = flag(None, "checkpoint interval; default: about 5 per run, never 0")
+    logging_steps: Optional[int] = flag(None, "loss logging interval; default: about 50 per run, never 0")
+    save_total_limit: int = flag(2, "checkpoints kept")
+    seed: int = flag(42, "seed for shuffling, splitting and initialization")
+    resume_from_checkpoint: Optional[str] = flag(None, "checkpoint to resume; bare flag: the latest in output_dir",
+                                                 nargs="?", const="latest")
+    report_to: str = flag("none", "none, tensorboard or wandb")
+    local_rank: int = flag(-1, "set by torchrun / deepspeed launchers", aliases=("--local-rank",))
+    dataloader_num_workers: int = flag(0, "worker processes for batching")
+
+
+def _str2bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _base_type(hint: Any) -> Any:
+    """Strip Optional[...] from a type hint."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, no usage dump
+        raise UnituneError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser(groups: list[type], prog: str, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False,
+                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML file of flags; command-line flags override it")
+    for group in groups:
+        section = parser.add_argument_group(group.__name__.replace("Args", "").lower())
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            kind = _base_type(hints[f.name])
+            kwargs = dict(f.metadata.get("argparse", {}))
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kwargs["help"] = f"{f.metadata.get('help', '')} (default: {default})"
+            if kind is bool:
+                kwargs.update(nargs="?", const=True, type=_str2bool)
+            elif kind is list or typing.get_origin(kind) is list:
+                kwargs.setdefault("nargs", "+")
+            else:
+                kwargs.setdefault("type", kind)
+            names = [f"--{f.name}", *f.metadata.get("aliases", ())]
+            section.add_argument(*names, dest=f.name, **kwargs)
+    return parser
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    kind = _base_type(kind)
+    if value is None:
+        return None
+    if kind is bool:
+        return _str2bool(value) if not isinstance(value, bool) else value
+    if kind is list or typing.get_origin(kind) is list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, str, float) and not isinstance(value, kind):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise UnituneError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UnituneError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UnituneError(f"{path}:{line} is not valid YAML") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UnituneError(f"{path}: expected a mapping of flag names to values")
+    return loaded
+
+
+def parse(groups: list[type], argv: Optional[list[str]], prog: str, description: str = "",
+          presets: Optional[typing.Callable[[dict], dict]] = None) -> tuple[list[Any], set[str]]:
+    """Parse argv into one instance per dataclass in `groups`.
+
+    Priority, lowest first: dataclass defaults, `presets(values)` (e.g. a PEFT preset chosen by
+    --peft_type), the --config YAML, the command line. Returns the instances and the set of names
+    the user gave explicitly (in YAML or on the command line).
+    """
+    parser = build_parser(groups, prog, description)
+    given = vars(parser.parse_args(argv))
+    known = {f.name: (g, f) for g in groups for f in dataclasses.fields(g)}
+    values: dict[str, Any] = {}
+    config_path = given.pop("config", None)
+    if config_path:
+        for key, value in load_yaml(config_path).items():
+            key = str(key).replace("-", "_")
+            if key == "config":
+                continue
+            if key not in known:
+                raise UnituneError(f"{config_path}: unknown flag {key!r} (see --help)")
+            group, f = known[key]
+            values[key] = _coerce(value, typing.get_type_hints(group)[key], f"{config_path}: {key}")
+    values.update(given)
+    explicit = set(values)
+    if presets is not None:
+        for key, value in presets(values).items():
+            if key not in values:
+                if key not in known:
+                    raise UnituneError(f"preset: unknown flag {key!r}")
+                group, _ = known[key]
+                values[key] = _coerce(value, typing.get_type_hints(group)[key], f"preset: {key}")
+    instances = []
+    for group in groups:
+        names = {f.name for f in dataclasses.fields(group)}
+        instances.append(group(**{k: v for k, v in values.items() if k in names}))
+    return instances, explicit
+
+
+def to_flat_dict(*instances: Any) -> dict:
+    """The resolved flags, flat, ready to dump as a YAML that --config replays."""
+    out: dict[str, Any] = {}
+    for inst in instances:
+        out.update(dataclasses.asdict(inst))
+    return out

@@ -1,0 +1,316 @@
+"""Read, check and normalize instruction data; tokenize it with a template, cached by fingerprint.
+
+Every record becomes {"system", "history": [[query, response], ...], "instruction", "input", "output"}:
+single-turn Alpaca records have an empty history, ShareGPT conversations put earlier turns there.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from unitune.errors import UnituneError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+REGISTRY_FILE = DATA_DIR / "dataset_info.json"
+CACHE_VERSION = "1"  # bump when tokenization changes meaning
+
+_ROLE = {"human": "user", "user": "user", "observation": "user", "tool": "user",
+         "gpt": "assistant", "assistant": "assistant", "function_call": "assistant", "bot": "assistant",
+         "system": "system"}
+
+
+# ---------------------------------------------------------------- reading
+def _read_json(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UnituneError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+        for index, record in enumerate(records):
+            yield f"record {index}", record
+        return
+    if stripped.startswith("{") and "\n" not in stripped.strip():
+        try:
+            yield "record 0", json.loads(text)
+            return
+        except json.JSONDecodeError:
+            pass
+    yield from _read_jsonl(path, text)  # many ".json" datasets (Belle's) are JSON Lines
+
+
+def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {lineno}", json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UnituneError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
+
+
+def _read_csv(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    reader = csv.DictReader(text.splitlines())
+    for index, row in enumerate(reader):
+        yield f"line {index + 2}", {k: v for k, v in row.items() if k}
+
+
+def _read_parquet(path: Path, _text: str) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for index, record in enumerate(pq.read_table(path).to_pylist()):
+        yield f"record {index}", record
+
+
+READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def read_records(path: str | Path) -> list[tuple[str, Any]]:
+    """(location, raw record) pairs of one file; the location names the line or index for errors."""
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UnituneError(f"{path}: unsupported data format {path.suffix!r}; use one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise UnituneError(f"{path}: data file not found")
+    text = "" if reader is _read_parquet else path.read_text(encoding="utf-8")
+    if reader is not _read_parquet and not text.strip():
+        raise UnituneError(f"{path}: empty file, no records")
+    records = list(reader(path, text))
+    if not records:
+        raise UnituneError(f"{path}: no records")
+    return records
+
+
+# ---------------------------------------------------------------- normalizing
+def _text(record: dict, key: str, where: str, required: bool) -> str:
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise UnituneError(f"{where}: missing field {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise UnituneError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _from_conversations(record: dict, key: str, where: str) -> dict:
+    messages = record[key]
+    if not isinstance(messages, list) or not messages:
+        raise UnituneError(f"{where}: field {key!r} must be a non-empty list of messages")
+    system = record.get("system") if isinstance(record.get("system"), str) else None
+    turns: list[tuple[str, str]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise UnituneError(f"{where}: {key}[{i}] must be an object")
+        role = _ROLE.get(str(msg.get("from", msg.get("role", ""))).lower())
+        content = msg.get("value", msg.get("content"))
+        if role is None:
+            raise UnituneError(f"{where}: {key}[{i}] has unknown role {msg.get('from', msg.get('role'))!r}")
+        if not isinstance(content, str):
+            raise UnituneError(f"{where}: {key}[{i}] field 'value' must be a string")
+        if role == "system" and i == 0:
+            system = content
+        elif turns and turns[-1][0] == role:  # consecutive same-role messages (e.g. call + result) join
+            turns[-1] = (role, turns[-1][1] + "\n" + content)
+        else:
+            turns.append((role, content))
+    if len(turns) < 2 or turns[0][0] != "user" or turns[-1][0] != "assistant":
+        raise UnituneError(f"{where}: field {key!r} must alternate user/assistant, starting with user "
+                           f"and ending with assistant")
+    if record.get("tools"):
+        tools = record["tools"] if isinstance(record["tools"], str) else json.dumps(record["tools"])
+        system = (system + "\n" if system else "") + f"Tools: {tools}"
+    pairs = [[turns[i][1], turns[i + 1][1]] for i in range(0, len(turns), 2)]
+    return {"system": system, "history": pairs[:-1], "instruction": pairs[-1][0], "input": "",
+            "output": pairs[-1][1]}
+
+
+def normalize(record: Any, where: str) -> dict:
+    """One raw record -> the normalized dict, or a UnituneError naming file, record and field."""
+    if not isinstance(record, dict):
+        raise UnituneError(f"{where}: expected an object, got {type(record).__name__}")
+    for key in ("conversations", "messages"):
+        if key in record:
+            return _from_conversations(record, key, where)
+    history = record.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2 for h in history):
+        raise UnituneError(f"{where}: field 'history' must be a list of [query, response] pairs")
+    system = _text(record, "system", where, required=False) or None
+    return {"system": system, "history": [list(map(str, h)) for h in history],
+            "instruction": _text(record, "instruction", where, required=True),
+            "input": _text(record, "input", where, required=False),
+            "output": _text(record, "output", where, required=True)}
+
+
+def load_file(path: str | Path, max_samples: int | None = None) -> list[dict]:
+    records = read_records(path)[: max_samples or None]
+    return [normalize(raw, f"{path}: {where}") for where, raw in records]
+
+
+# ---------------------------------------------------------------- registry
+def registry() -> dict:
+    return json.loads(REGISTRY_FILE.read_text(encoding="utf-8"))
+
+
+def resolve(name_or_path: str, split: str = "file") -> Path:
+    """A registered dataset name or a path -> the file to read."""
+    path = Path(name_or_path)
+    if path.suffix.lower() in READERS or path.exists():
+        return path
+    entries = registry()
+    if name_or_path not in entries:
+        raise UnituneError(f"unknown dataset {name_or_path!r}: not a file, and not in {REGISTRY_FILE.name}; "
+                           f"known: {', '.join(sorted(entries))}")
+    entry = entries[name_or_path]
+    target = (DATA_DIR / entry[split]).resolve()
+    if not target.exists():
+        hint = f" ({entry['hint']})" if entry.get("hint") else ""
+        raise UnituneError(f"dataset {name_or_path!r}: file {target} not found{hint}")
+    return target
+
+
+def eval_files(names: list[str]) -> list[Path]:
+    """The held-out files that registered datasets name, for the default accuracy report."""
+    entries = registry()
+    return [resolve(n, "eval") for n in names if n in entries and entries[n].get("eval")]
+
+
+def load_datasets(names: list[str], max_samples: int | None = None) -> list[dict]:
+    records: list[dict] = []
+    for name in names:
+        loaded = load_file(resolve(name), max_samples)
+        log.info("read %d records from %s", len(loaded), name)
+        records.extend(loaded)
+    return records
+
+
+# ---------------------------------------------------------------- tokenizing
+@dataclass
+class Tokenized:
+    examples: list[dict]  # {"input_ids": [...], "labels": [...]}
+    dropped: int
+    from_cache: bool
+    fingerprint: str
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+    return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}|{tokenizer.bos_token_id}".encode()).hexdigest()
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def encode(tokenizer, template, record: dict, cutoff_len: int, train_on_inputs: bool,
+           add_bos: bool | None = None) -> dict | None:
+    """Token ids and labels of one record; None when truncation leaves no response token."""
+    ids: list[int] = []
+    labels: list[int] = []
+    if add_bos if add_bos is not None else _adds_bos(tokenizer):
+        ids.append(tokenizer.bos_token_id)
+        labels.append(tokenizer.bos_token_id if train_on_inputs else -100)
+    segments = template.segments(record["instruction"], record["input"], record["output"],
+                                 record["history"], record["system"])
+    for prompt, response in segments:
+        p = tokenizer.encode(prompt, add_special_tokens=False)
+        r = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += p + r
+        labels += (p if train_on_inputs else [-100] * len(p)) + r
+    ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+    if all(label == -100 for label in labels):
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize(records: list[dict], tokenizer, template, cutoff_len: int, train_on_inputs: bool,
+             cache_dir: str | Path | None = None) -> Tokenized:
+    """Tokenize `records`, reusing the cached result of an identical earlier run."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for part in (CACHE_VERSION, _tokenizer_fingerprint(tokenizer), json.dumps(template.__dict__, sort_keys=True,
+                 ensure_ascii=False), str(cutoff_len), str(train_on_inputs)):
+        digest.update(part.encode())
+    digest.update(json.dumps(records, ensure_ascii=False, sort_keys=True).encode())
+    fingerprint = digest.hexdigest()[:24]
+    cache = Path(cache_dir or Path.home() / ".cache" / "unitune" / "tokenized") / f"{fingerprint}.npz"
+    if cache.is_file():
+        blob = np.load(cache)
+        offsets, ids, labels = blob["offsets"], blob["input_ids"], blob["labels"]
+        examples = [{"input_ids": ids[a:b].tolist(), "labels": labels[a:b].tolist()}
+                    for a, b in zip(offsets[:-1], offsets[1:])]
+        log.info("tokenized data: cache hit %s (%d examples), tokenization skipped", cache, len(examples))
+        return Tokenized(examples, int(blob["dropped"]), True, fingerprint)
+    add_bos = _adds_bos(tokenizer)
+    examples, dropped = [], 0
+    for record in records:
+        encoded = encode(tokenizer, template, record, cutoff_len, train_on_inputs, add_bos)
+        if encoded is None:
+            dropped += 1
+        else:
+            examples.append(encoded)
+    if dropped:
+        log.warning("dropped %d of %d examples: --cutoff_len %d left them no response token",
+                    dropped, len(records), cutoff_len)
+    if not examples:
+        raise UnituneError(f"no trainable example left after truncation to --cutoff_len {cutoff_len}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    lengths = [len(e["input_ids"]) for e in examples]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tmp = cache.with_name(cache.stem + ".tmp.npz")
+    np.savez(tmp, offsets=offsets, dropped=np.array(dropped),
+             input_ids=np.array([t for e in examples for t in e["input_ids"]], dtype=np.int64),
+             labels=np.array([t for e in examples for t in e["labels"]], dtype=np.int64))
+    tmp.replace(cache)  # atomic: a crashed run never leaves a half-written cache
+    log.info("tokenized data: %d examples, cached as %s", len(examples), cache)
+    return Tokenized(examples, dropped, False, fingerprint)
+
+
+def split(examples: list, val_set_size: float, seed: int) -> tuple[list, list]:
+    """Shuffle-split off a validation set: a count when >= 1, a fraction when < 1."""
+    if not val_set_size:
+        return examples, []
+    import random
+
+    count = int(val_set_size) if val_set_size >= 1 else int(round(len(examples) * val_set_size))
+    if not 0 < count < len(examples):
+        raise UnituneError(f"--val_set_size {val_set_size} leaves no training or no validation examples "
+                           f"out of {len(examples)}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    val = [examples[i] for i in order[:count]]
+    train = [examples[i] for i in order[count:]]
+    return train, val
+
+
+class Collator:
+    """Pads a batch to its longest example (right side for training), labels padded with -100."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[row, :n] = torch.tensor(b["input_ids"])
+            labels[row, :n] = torch.tensor(b["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

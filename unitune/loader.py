@@ -1,0 +1,158 @@
+"""THE loader: every front-end (train, generate, merge, chat, web, eval) gets its model here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unitune.errors import UnituneError
+from unitune.models import ModelSpec, get_model_spec
+from unitune.templates import Template, get_template
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "fp16": "float16", "float16": "float16"}
+OWN_ADAPTER_FILE = "unitune_adapter.json"  # adapters the `peft` library cannot hold (bottleneck ...)
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    template: Template
+    method: Any = None  # the Method that wrapped or loaded the model, if any
+
+
+def check_model_args(model_args) -> ModelSpec:
+    """Everything about the model flags that can be checked before torch is imported."""
+    spec = get_model_spec(model_args.model_type)
+    if spec.remote_code and not model_args.trust_remote_code:
+        raise UnituneError(f"--model_type {spec.name} checkpoints run their own Python code: "
+                           f"pass --trust_remote_code to allow it")
+    path = Path(model_args.base_path)
+    if not path.is_dir():
+        raise UnituneError(f"--model_name_or_path {path}: no such model directory (no model hub is used)")
+    if model_args.adapter and not Path(model_args.adapter).is_dir():
+        raise UnituneError(f"--adapter {model_args.adapter}: no such adapter directory")
+    get_template(model_args.template or spec.template)
+    return spec
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, _DTYPES[name])
+
+
+def load_tokenizer(model_args, spec: ModelSpec, padding_side: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_args.base_path, trust_remote_code=model_args.trust_remote_code)
+    if tok.eos_token_id is None:
+        raise UnituneError(f"{model_args.base_path}: the tokenizer has no eos token")
+    if tok.pad_token_id is None:
+        if spec.pad_fix == "unk" and tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def _quantization_config(model_args, dtype):
+    if not model_args.quantization_bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if model_args.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
+                              bnb_4bit_use_double_quant=model_args.double_quant,
+                              bnb_4bit_quant_type=model_args.quant_type)
+
+
+def load_adapter(model, adapter_dir: str, trainable: bool = False):
+    """Put a saved adapter of any registered kind onto `model`."""
+    from unitune.methods import resolve_method
+
+    own = Path(adapter_dir) / OWN_ADAPTER_FILE
+    if own.is_file():
+        method, _ = resolve_method(json.loads(own.read_text())["method"])
+        return method.load(model, adapter_dir, trainable=trainable), method
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise UnituneError(f"{adapter_dir}: not an adapter directory (no adapter_config.json or {OWN_ADAPTER_FILE})")
+    from peft import PeftModel
+
+    peft_type = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type", "lora")
+    method, _ = resolve_method(str(peft_type).lower())
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable), method
+
+
+def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Loaded:
+    """Load tokenizer and model for `mode`:
+
+    - "train": base (quantized if asked) wrapped by the --peft_type method, ready for the Trainer;
+    - "infer": base (quantized if asked) plus --adapter if given, in eval mode;
+    - "merge": the UNquantized base with --adapter merged into its weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if mode not in ("train", "infer", "merge"):
+        raise ValueError(f"unknown mode {mode!r}")
+    spec = check_model_args(model_args)
+    template = get_template(model_args.template or spec.template)
+    tokenizer = load_tokenizer(model_args, spec, padding_side="right" if mode == "train" else "left")
+    dtype = resolve_dtype(model_args.compute_dtype)
+    quant = None if mode == "merge" else _quantization_config(model_args, dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
+    log.info("loading %s (%s, %s%s) for %s", model_args.base_path, spec.name, dtype,
+             f", {model_args.quantization_bit}-bit" if quant else "", mode)
+    model = AutoModelForCausalLM.from_pretrained(model_args.base_path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if quant is None and torch.cuda.is_available():
+        model = model.to("cuda")
+
+    method = None
+    if mode == "train":
+        from unitune.methods import resolve_method
+
+        method, _ = resolve_method(peft_args.peft_type)
+        model.config.use_cache = False
+        gc = bool(train_args and train_args.gradient_checkpointing)
+        if quant is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+        elif gc:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        if model_args.adapter:  # continue training a saved adapter
+            model, method = load_adapter(model, model_args.adapter, trainable=True)
+        else:
+            model = method.build(model, spec, peft_args)
+    elif model_args.adapter:
+        model, method = load_adapter(model, model_args.adapter)
+        if mode == "merge":
+            if not method.mergeable:
+                raise UnituneError(f"{model_args.adapter}: a {method.name} adapter cannot be merged into the "
+                                   f"base weights; load it with --adapter instead")
+            model = model.merge_and_unload()
+    if mode != "train":
+        model.eval()
+    return Loaded(model, tokenizer, spec, template, method)

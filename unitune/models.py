@@ -1,0 +1,60 @@
+"""The --model_type registry: what differs between model families is data, so it is one table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unitune.errors import UnituneError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one model family loads, what PEFT methods wrap, and how it is prompted.
+
+    attention / mlp are the last name of the per-layer attention and feed-forward modules
+    (e.g. `model.layers.3.self_attn`); bottleneck adapters are placed after or beside them.
+    """
+
+    name: str
+    lora_targets: tuple[str, ...]
+    attention: str
+    mlp: str
+    template: str
+    remote_code: bool = False  # official checkpoints ship their own modeling code
+    pad_fix: str = "eos"  # what becomes pad when the tokenizer has none: eos | unk | id0
+    supports_kbit: bool = True
+    supports_prefix: bool = True
+    supports_gradient_checkpointing: bool = True
+    ia3_feedforward: tuple[str, ...] = ()  # modules whose inputs IA3 scales (feed-forward)
+    notes: str = ""
+
+
+_SPECS = [
+    ModelSpec("llama", ("q_proj", "v_proj"), "self_attn", "mlp", "alpaca",
+              ia3_feedforward=("down_proj",), notes="LLaMA 1/2/3, Vicuna, the embedded default"),
+    ModelSpec("chatglm", ("query_key_value",), "self_attention", "mlp", "chatglm", remote_code=True,
+              supports_prefix=True, ia3_feedforward=("dense_4h_to_h",), notes="ChatGLM 1/2/3 (remote code)"),
+    ModelSpec("bloom", ("query_key_value",), "self_attention", "mlp", "alpaca",
+              ia3_feedforward=("dense_4h_to_h",), notes="BLOOM / BLOOMZ"),
+    ModelSpec("moss", ("qkv_proj",), "attn", "mlp", "moss", remote_code=True,
+              ia3_feedforward=("fc_out",), notes="MOSS (remote code; CodeGen architecture)"),
+    ModelSpec("internlm", ("q_proj", "v_proj"), "self_attn", "mlp", "internlm", remote_code=True,
+              ia3_feedforward=("down_proj",), notes="InternLM (remote code; LLaMA-like names)"),
+    ModelSpec("baichuan", ("W_pack",), "self_attn", "mlp", "baichuan", remote_code=True,
+              ia3_feedforward=("down_proj",), notes="Baichuan 1/2 (remote code; fused W_pack)"),
+    ModelSpec("qwen2", ("q_proj", "v_proj"), "self_attn", "mlp", "chatml",
+              ia3_feedforward=("down_proj",), notes="Qwen1.5 / Qwen2 / Qwen2.5"),
+    ModelSpec("mistral", ("q_proj", "v_proj"), "self_attn", "mlp", "mistral",
+              ia3_feedforward=("down_proj",), notes="Mistral / Mixtral-style dense"),
+    ModelSpec("auto", (), "self_attn", "mlp", "alpaca",
+              notes="any causal LM transformers loads; LoRA targets all linear layers unless given"),
+]
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnituneError(f"unknown --model_type {name!r}; choose one of: {', '.join(MODELS)}") from None

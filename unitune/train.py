@@ -1,0 +1,198 @@
+"""One fine-tune run: flags -> checks -> data -> shared loader -> Trainer -> adapter dir + logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from unitune import args as A
+from unitune.errors import UnituneError
+
+log = logging.getLogger("unitune")
+
+GROUPS = [A.ModelArgs, A.DataArgs, A.PeftArgs, A.TrainArgs]
+EMBEDDED_DEFAULTS = A.EMBEDDED_BASE / "unitune_defaults.yaml"
+
+
+def presets(values: dict) -> dict:
+    """Flag values below --config and the command line: the PEFT preset, then the embedded model's."""
+    from unitune.methods import read_preset
+
+    merged: dict[str, Any] = {}
+    if not values.get("model_name_or_path") and EMBEDDED_DEFAULTS.is_file():
+        merged.update(A.load_yaml(str(EMBEDDED_DEFAULTS)))
+    peft_type = values.get("peft_type", merged.get("peft_type", "lora"))
+    merged.update({k: v for k, v in read_preset(peft_type).items() if k != "method"})
+    return merged
+
+
+def parse(argv: list[str] | None):
+    (model_args, data_args, peft_args, train_args), _ = A.parse(
+        GROUPS, argv, prog="uniform_finetune.py",
+        description="Fine-tune a causal LM with a PEFT method on instruction data.", presets=presets)
+    if train_args.output_dir is None:
+        train_args.output_dir = str(Path("output") / f"{model_args.model_type}-{peft_args.peft_type}")
+    return model_args, data_args, peft_args, train_args
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def interval(given: int | None, total_steps: int, per_run: int) -> int:
+    """A save/log interval: the user's, else about `per_run` per run; never 0 on a small data set."""
+    if given is not None:
+        if given < 1:
+            raise UnituneError(f"intervals must be at least 1, got {given}")
+        return given
+    return max(1, total_steps // per_run)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(argv: list[str] | None = None) -> dict:
+    model_args, data_args, peft_args, train_args = parse(argv)
+    # ---- everything a user can get wrong is checked before the model loads or a file is written
+    from unitune import data as D
+    from unitune.loader import check_model_args
+    from unitune.methods import resolve_method
+
+    spec = check_model_args(model_args)
+    method, _ = resolve_method(peft_args.peft_type)
+    method.validate(spec, model_args, peft_args, train_args)
+    if train_args.report_to not in ("none", "tensorboard", "wandb"):
+        raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
+    setup_logging()
+    records = D.load_datasets(data_args.data, data_args.max_samples)
+    eval_paths = [D.resolve(p) for p in data_args.eval_data] if data_args.eval_data else D.eval_files(data_args.data)
+    eval_records = [r for p in eval_paths for r in D.load_file(p)][: data_args.eval_samples]
+
+    from unitune.loader import load
+    from unitune.metrics import score_exact_match
+
+    results: dict[str, Any] = {}
+    max_new = max(32, min(256, data_args.cutoff_len))
+    if eval_records and is_main_process():
+        base = load(model_args, mode="infer")
+        results["base_accuracy"], _ = score_exact_match(base.model, base.tokenizer, base.template, eval_records,
+                                                        max_new)
+        log.info("base exact-match accuracy: %.1f%% on %d held-out records", 100 * results["base_accuracy"],
+                 len(eval_records))
+        del base
+
+    loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
+    tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
+                           data_args.train_on_inputs, data_args.cache_dir)
+    train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
+    trainable, total = count_parameters(loaded.model)
+    log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
+
+    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set)
+    out = Path(train_args.output_dir)
+    started = time.time()
+    resume = train_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    results["train_seconds"] = time.time() - started
+    results["trainable_parameters"] = trainable
+    results["dropped_examples"] = tokenized.dropped
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    results["final_loss"] = history[-1]["loss"] if history else None
+
+    if is_main_process():
+        save_outputs(loaded, method, trainer, out, model_args, data_args, peft_args, train_args)
+        if eval_records:
+            loaded.model.eval()
+            loaded.model.config.use_cache = True
+            results["tuned_accuracy"], _ = score_exact_match(loaded.model, loaded.tokenizer, loaded.template,
+                                                             eval_records, max_new)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        report(results, len(eval_records), out)
+    return results
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from unitune.callbacks import ProgressBar
+    from unitune.data import Collator
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
+    steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
+    total_steps = train_args.max_steps if train_args.max_steps > 0 else math.ceil(train_args.epochs * steps_per_epoch)
+    if train_args.report_to == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")  # no hub or wandb.ai is reachable from here
+    dtype = str(next(loaded.model.parameters()).dtype)
+    targs = TrainingArguments(
+        output_dir=train_args.output_dir,
+        per_device_train_batch_size=train_args.per_gpu_train_batch_size,
+        per_device_eval_batch_size=train_args.per_gpu_train_batch_size,
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        num_train_epochs=train_args.epochs, max_steps=total_steps,
+        learning_rate=train_args.learning_rate, lr_scheduler_type=train_args.lr_scheduler_type,
+        warmup_steps=train_args.warmup_ratio, weight_decay=train_args.weight_decay,
+        max_grad_norm=train_args.max_grad_norm, seed=train_args.seed, data_seed=train_args.seed,
+        logging_steps=interval(train_args.logging_steps, total_steps, 50),
+        save_steps=interval(train_args.save_steps, total_steps, 5),
+        save_total_limit=train_args.save_total_limit, save_only_model=False,
+        eval_strategy="steps" if val_set else "no",
+        eval_steps=interval(train_args.save_steps, total_steps, 5) if val_set else None,
+        report_to=train_args.report_to, disable_tqdm=True, remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        bf16="bfloat16" in dtype, fp16="float16" in dtype and "bfloat16" not in dtype,
+        dataloader_num_workers=train_args.dataloader_num_workers,
+        ddp_find_unused_parameters=False if world > 1 else None,
+    )
+    callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
+    trainer = Trainer(model=loaded.model, args=targs, train_dataset=train_set, eval_dataset=val_set or None,
+                      data_collator=Collator(loaded.tokenizer.pad_token_id), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # our bar shows the loss; raw log dicts would garble it
+    return trainer
+
+
+def save_outputs(loaded, method, trainer, out: Path, *groups) -> None:
+    """Adapter, tokenizer, replayable config, loss log and loss curve."""
+    import yaml
+
+    from unitune.callbacks import plot_loss
+
+    out.mkdir(parents=True, exist_ok=True)
+    if method.save is not None:
+        method.save(loaded.model, out)
+    else:
+        loaded.model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    config = A.to_flat_dict(*groups)
+    config.pop("local_rank", None)
+    config.pop("resume_from_checkpoint", None)
+    (out / "unitune_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    history = trainer.state.log_history
+    (out / "loss_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    plot_loss(history, out / "loss_curve.png")
+    log.info("saved adapter, tokenizer, unitune_config.yaml, loss_log.jsonl and loss_curve.png to %s", out)
+
+
+def report(results: dict, n_eval: int, out: Path) -> None:
+    """The closing lines a user reads: time, loss and, when there was a held-out set, the accuracies."""
+    print(f"training time: {results['train_seconds']:.1f} s, final loss: {results['final_loss']}")
+    if "tuned_accuracy" in results:
+        base, tuned = 100 * results.get("base_accuracy", 0.0), 100 * results["tuned_accuracy"]
+        print(f"held-out exact-match accuracy ({n_eval} records): base {base:.1f}%  tuned {tuned:.1f}%  "
+              f"({tuned - base:+.1f} points)")
+    print(f"adapter saved to {out}")
