@@ -68,6 +68,37 @@ class PeftArgs:
     lora_dropout: float = flag(0.05, "dropout on the LoRA input")
     lora_target_modules: Optional[list] = flag(None, "module names LoRA wraps; default: the model type's",
                                                aliases=("--lora_target",), nargs="+")
+    use_dora: bool = flag(False, "weight-decomposed LoRA (DoRA)")
+    use_rslora: bool = flag(False, "rank-stabilized LoRA scaling alpha/sqrt(r)")
+    # AdaLoRA (Alpaca-CoT's --lora_r is the target rank when --adalora_target_r is not given)
+    adalora_init_r: int = flag(12, "AdaLoRA: initial rank of every matrix")
+    adalora_target_r: Optional[int] = flag(None, "AdaLoRA: average target rank; default --lora_r")
+    adalora_tinit: Optional[int] = flag(None, "AdaLoRA: warm-up steps before pruning; default 10% of steps")
+    adalora_tfinal: Optional[int] = flag(None, "AdaLoRA: final fine-tuning steps at the target budget; "
+                                         "default 20% of steps")
+    adalora_delta_t: int = flag(1, "AdaLoRA: steps between two budget allocations")
+    # prompt-learning methods
+    num_virtual_tokens: int = flag(20, "virtual tokens of prefix / p-tuning / prompt tuning")
+    prefix_projection: bool = flag(False, "prefix tuning: reparameterize the prefix through an MLP")
+    prompt_encoder_hidden_size: Optional[int] = flag(None, "hidden size of the prefix / p-tuning encoder")
+    p_tuning_encoder: str = flag("mlp", "p-tuning prompt encoder", choices=["mlp", "lstm"])
+    prompt_init: str = flag("random", "prompt tuning initialization", choices=["random", "text"])
+    prompt_init_text: Optional[str] = flag(None, "text whose tokens initialize the prompt (with --prompt_init text)")
+    # bottleneck adapters (SadapterH / SadapterP / P-adapter)
+    bottleneck_size: int = flag(64, "adapter bottleneck width")
+    adapter_non_linearity: str = flag("relu", "adapter activation", choices=["relu", "tanh", "gelu", "silu"])
+    adapter_dropout: float = flag(0.0, "dropout inside the adapter")
+    adapter_scaling: str = flag("1.0", "adapter output scale: a float or 'learned'")
+    adapter_init: str = flag("bert", "adapter initialization", choices=["bert", "zero_up"])
+    adapter_targets: Optional[list] = flag(None, "module names adapters attach to; default: the model type's "
+                                           "attention / MLP modules", nargs="+")
+    # IA3, full and freeze
+    ia3_target_modules: Optional[list] = flag(None, "IA3: modules whose activations are rescaled", nargs="+")
+    ia3_feedforward_modules: Optional[list] = flag(None, "IA3: the feed-forward subset (scaled on input)",
+                                                   nargs="+")
+    freeze_trainable_layers: int = flag(2, "freeze: train only the last N decoder layers")
+    freeze_trainable_modules: Optional[list] = flag(None, "freeze: train only parameters whose names contain "
+                                                    "one of these", nargs="+")
 
 
 @dataclass
@@ -93,6 +124,29 @@ class TrainArgs:
     report_to: str = flag("none", "none, tensorboard or wandb")
     local_rank: int = flag(-1, "set by torchrun / deepspeed launchers", aliases=("--local-rank",))
     dataloader_num_workers: int = flag(0, "worker processes for batching")
+
+
+@dataclass
+class GenerationArgs:
+    """Decoding flags shared by generate.py, server.py, web.py and evaluation; None keeps the preset's value."""
+
+    decoding: str = flag("greedy", "decoding preset: greedy, alpaca_cot, beam, contrastive, sample")
+    max_new_tokens: int = flag(256, "most tokens generated per answer")
+    do_sample: Optional[bool] = flag(None, "sample instead of searching")
+    temperature: Optional[float] = flag(None, "sampling temperature")
+    top_p: Optional[float] = flag(None, "nucleus sampling mass")
+    top_k: Optional[int] = flag(None, "sample (or contrastive-search) among the k most likely tokens")
+    num_beams: Optional[int] = flag(None, "beam search width")
+    repetition_penalty: Optional[float] = flag(None, "penalty on repeated tokens (1.0 = none)")
+    no_repeat_ngram_size: Optional[int] = flag(None, "forbid repeating n-grams of this size")
+    penalty_alpha: Optional[float] = flag(None, "contrastive search degeneration penalty")
+
+    def generate_kwargs(self) -> dict:
+        """generate() kwargs: the preset, overridden flag by flag."""
+        from unitune.generation import decoding_config
+
+        overrides = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("decoding", "max_new_tokens")}
+        return decoding_config(self.decoding, **overrides)
 
 
 def _str2bool(text: str) -> bool:

@@ -7,6 +7,7 @@ whether it merges, how it saves and reloads), so each is a `Method` object regis
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,8 +15,6 @@ from typing import Any, Callable
 from unitune.errors import UnituneError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "peft"
-# Modules that register methods on import; a new method family is one module and one line here.
-_MODULES = ("lora",)
 
 
 def _no_check(*_args: Any, **_kwargs: Any) -> None:
@@ -56,8 +55,9 @@ def register(method: Method) -> Method:
 
 
 def _ensure_loaded() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"unitune.methods.{module}")
+    """Import every module of this package: each registers its methods, so a new family is one new file."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def preset_names() -> list[str]:
