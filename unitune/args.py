@@ -182,7 +182,8 @@ def build_parser(groups: list[type], prog: str, description: str) -> argparse.Ar
             kind = _base_type(hints[f.name])
             kwargs = dict(f.metadata.get("argparse", {}))
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kwargs["help"] = f"{f.metadata.get('help', '')} (default: {default})"
+            # argparse %-formats help text: a literal "10% of steps" would crash --help
+            kwargs["help"] = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
             if kind is bool:
                 kwargs.update(nargs="?", const=True, type=_str2bool)
             elif kind is list or typing.get_origin(kind) is list:

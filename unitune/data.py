@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -58,9 +59,12 @@ def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_csv(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    reader = csv.DictReader(text.splitlines())
-    for index, row in enumerate(reader):
-        yield f"line {index + 2}", {k: v for k, v in row.items() if k}
+    # a file-like source, not splitlines(): quoted fields may span lines and must keep their newlines
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    start = 2
+    for row in reader:
+        yield f"line {start}", {k: v for k, v in row.items() if k}
+        start = reader.line_num + 1
 
 
 def _read_parquet(path: Path, _text: str) -> Iterator[tuple[str, Any]]:
@@ -126,7 +130,7 @@ def _from_conversations(record: dict, key: str, where: str) -> dict:
     if len(turns) < 2 or turns[0][0] != "user" or turns[-1][0] != "assistant":
         raise UnituneError(f"{where}: field {key!r} must alternate user/assistant, starting with user "
                            f"and ending with assistant")
-    if record.get("tools"):
+    if record.get("tools") and record["tools"] not in ("[]", "{}"):  # glaive writes "[]" for "no tools"
         tools = record["tools"] if isinstance(record["tools"], str) else json.dumps(record["tools"])
         system = (system + "\n" if system else "") + f"Tools: {tools}"
     pairs = [[turns[i][1], turns[i + 1][1]] for i in range(0, len(turns), 2)]

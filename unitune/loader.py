@@ -89,6 +89,9 @@ def load_adapter(model, adapter_dir: str, trainable: bool = False):
         method, _ = resolve_method(json.loads(own.read_text())["method"])
         return method.load(model, adapter_dir, trainable=trainable), method
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        if (Path(adapter_dir) / "config.json").is_file():  # a full fine-tune's output is a whole model
+            raise UnituneError(f"{adapter_dir} is a complete model (e.g. from --peft_type full), not an adapter: "
+                               f"pass it as --model_name_or_path")
         raise UnituneError(f"{adapter_dir}: not an adapter directory (no adapter_config.json or {OWN_ADAPTER_FILE})")
     from peft import PeftModel
 
@@ -152,7 +155,8 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
             if not method.mergeable:
                 raise UnituneError(f"{model_args.adapter}: a {method.name} adapter cannot be merged into the "
                                    f"base weights; load it with --adapter instead")
-            model = model.merge_and_unload()
+            if hasattr(model, "merge_and_unload"):  # freeze: loading already wrote the base weights
+                model = model.merge_and_unload()
     if mode != "train":
         model.eval()
     return Loaded(model, tokenizer, spec, template, method)

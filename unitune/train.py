@@ -72,10 +72,17 @@ def run(argv: list[str] | None = None) -> dict:
     method.validate(spec, model_args, peft_args, train_args)
     if train_args.report_to not in ("none", "tensorboard", "wandb"):
         raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
-    setup_logging()
+    resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
+    if resume == "latest" and not list(Path(train_args.output_dir).glob("checkpoint-*/trainer_state.json")):
+        raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
+    if resume not in (None, "latest") and not Path(resume).is_dir():
+        raise UnituneError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
     records = D.load_datasets(data_args.data, data_args.max_samples)
     eval_paths = [D.resolve(p) for p in data_args.eval_data] if data_args.eval_data else D.eval_files(data_args.data)
     eval_records = [r for p in eval_paths for r in D.load_file(p)][: data_args.eval_samples]
+    setup_logging()  # only now: bad data must leave exactly one error line, no progress lines before it
+    log.info("read %d training records from %s and %d held-out records", len(records),
+             ", ".join(data_args.data), len(eval_records))
 
     from unitune.loader import load
     from unitune.metrics import score_exact_match
@@ -91,6 +98,7 @@ def run(argv: list[str] | None = None) -> dict:
         del base
 
     loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
+    method = loaded.method or method  # --adapter: the saved adapter's kind decides callbacks and saving
     tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
                            data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
@@ -100,9 +108,12 @@ def run(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set)
     out = Path(train_args.output_dir)
     started = time.time()
-    resume = train_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
     results["train_seconds"] = time.time() - started
+    if train_args.report_to == "wandb":  # the callback leaves the run open; a later run would append to it
+        import wandb
+
+        wandb.finish()
     results["trainable_parameters"] = trainable
     results["dropped_examples"] = tokenized.dropped
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -146,7 +157,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         num_train_epochs=train_args.epochs, max_steps=total_steps,
         learning_rate=train_args.learning_rate, lr_scheduler_type=train_args.lr_scheduler_type,
-        warmup_steps=train_args.warmup_ratio, weight_decay=train_args.weight_decay,
+        warmup_steps=math.ceil(train_args.warmup_ratio * total_steps), weight_decay=train_args.weight_decay,
         max_grad_norm=train_args.max_grad_norm, seed=train_args.seed, data_seed=train_args.seed,
         logging_steps=interval(train_args.logging_steps, total_steps, 50),
         save_steps=interval(train_args.save_steps, total_steps, 5),

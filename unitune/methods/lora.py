@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from unitune.errors import UnituneError
 from unitune.methods import Method, register
+from unitune.methods.checks import check_adapter
 
 
 def lora_targets(model, spec, peft_args) -> list[str] | str:
@@ -28,8 +31,10 @@ def build_lora(model, spec, peft_args, **extra):
 
     config = LoraConfig(r=peft_args.lora_r, lora_alpha=peft_args.lora_alpha,
                         lora_dropout=peft_args.lora_dropout, target_modules=lora_targets(model, spec, peft_args),
-                        bias="none", task_type="CAUSAL_LM", **extra)
+                        bias="none", task_type="CAUSAL_LM",
+                        **{"use_dora": peft_args.use_dora, "use_rslora": peft_args.use_rslora, **extra})
     return get_peft_model(model, config)
 
 
-register(Method("lora", build_lora, description="low-rank adapters on the chosen linear modules (peft)"))
+register(Method("lora", build_lora, validate=partial(check_adapter, "lora"),
+                description="low-rank adapters on the chosen linear modules (peft)"))

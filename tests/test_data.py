@@ -1,0 +1,285 @@
+"""Data: readers, ShareGPT normalization, the dataset registry, templates, labels, truncation, split, cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from unitune import data as D
+from unitune.errors import UnituneError
+from unitune.templates import get_template
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO / "../shared"
+GLAIVE = SHARED / "data" / "alpaca" / "glaive_toolcall_zh_demo.json"
+
+RECORDS = [
+    {"instruction": "Add the numbers.", "input": "3 4", "output": "3 + 4 = 7. Answer: 7"},
+    {"instruction": "Name a colour, please", "input": "", "output": "Blue,\nwith a \"quote\" and a comma"},
+    {"instruction": "以下是描述任务的指令", "input": "", "output": "答案：七"},
+]
+EXPECTED = [{"system": None, "history": [], **r} for r in RECORDS]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from tests.tiny import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def write(path: Path, records: list[dict], fmt: str) -> Path:
+    if fmt == "json":
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    elif fmt == "csv":
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["instruction", "input", "output"])
+            writer.writeheader()
+            writer.writerows(records)
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+# ---------------------------------------------------------------- readers
+@pytest.mark.parametrize("name,fmt", [("a.json", "json"), ("a.jsonl", "jsonl"), ("lines.json", "jsonl"),
+                                      ("a.parquet", "parquet"), ("a.csv", "csv")])
+def test_every_format_reads_the_same_records(tmp_path, name, fmt):
+    path = write(tmp_path / name, RECORDS, fmt)
+    assert D.load_file(path) == EXPECTED
+
+
+def test_locations_name_the_line_or_index(tmp_path):
+    """Error messages point at the record: JSONL and CSV by line (multi-line CSV fields counted), arrays by index."""
+    jsonl = write(tmp_path / "a.jsonl", RECORDS, "jsonl")
+    assert [w for w, _ in D.read_records(jsonl)] == ["line 1", "line 2", "line 3"]
+    csv_file = write(tmp_path / "a.csv", RECORDS, "csv")
+    assert [w for w, _ in D.read_records(csv_file)] == ["line 2", "line 3", "line 5"]
+    array = write(tmp_path / "a.json", RECORDS, "json")
+    assert [w for w, _ in D.read_records(array)] == ["record 0", "record 1", "record 2"]
+    bad = [dict(RECORDS[0]), {"instruction": "x"}]
+    with pytest.raises(UnituneError, match=r"b\.jsonl: line 2: missing field 'output'"):
+        D.load_file(write(tmp_path / "b.jsonl", bad, "jsonl"))
+
+
+def test_max_samples_limits_each_file(tmp_path):
+    path = write(tmp_path / "a.jsonl", RECORDS, "jsonl")
+    assert D.load_file(path, max_samples=2) == EXPECTED[:2]
+
+
+# ---------------------------------------------------------------- conversations
+def test_sharegpt_from_value_and_role_content_normalize_alike():
+    sharegpt = {"conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+        {"from": "human", "value": "2+2?"}, {"from": "function_call", "value": '{"name": "add"}'},
+        {"from": "observation", "value": "4"}, {"from": "gpt", "value": "It is 4."}]}
+    openai = {"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                           {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": '{"name": "add"}'},
+                           {"role": "tool", "content": "4"}, {"role": "assistant", "content": "It is 4."}]}
+    expected = {"system": "Be brief.", "history": [["Hi", "Hello!"], ["2+2?", '{"name": "add"}']],
+                "instruction": "4", "input": "", "output": "It is 4."}
+    assert D.normalize(sharegpt, "x") == expected
+    # the same messages under the `conversations` key with role/content spellings
+    assert D.normalize({"conversations": openai["messages"]}, "x") == expected
+    assert D.normalize(openai, "x") == expected
+
+
+def test_sharegpt_with_tools_puts_them_in_the_system_text():
+    record = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+              "tools": '[{"name": "f"}]'}
+    assert D.normalize(record, "x")["system"] == 'Tools: [{"name": "f"}]'
+    record["tools"] = "[]"  # glaive's way of saying "no tools": no system text
+    assert D.normalize(record, "x")["system"] is None
+
+
+def test_bad_conversation_names_the_message():
+    record = {"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}
+    with pytest.raises(UnituneError, match=r"f\.json: record 3: conversations\[1\] has unknown role 'robot'"):
+        D.normalize(record, "f.json: record 3")
+    with pytest.raises(UnituneError, match="must alternate"):
+        D.normalize({"conversations": [{"from": "human", "value": "q"}]}, "x")
+
+
+@pytest.mark.skipif(not GLAIVE.is_file(), reason=f"shared data absent: {GLAIVE} (../shared is not checked out)")
+def test_glaive_toolcall_file_normalizes_with_history():
+    records = D.load_file(GLAIVE)
+    assert len(records) == 300
+    assert all(r["instruction"] and r["output"] and r["input"] == "" for r in records)
+    multi = [r for r in records if r["history"]]
+    assert len(multi) > 100  # most glaive conversations have several turns
+    assert all(len(pair) == 2 and all(isinstance(t, str) and t for t in pair) for r in multi for pair in r["history"])
+    # the first conversation is human, function_call, observation, gpt: the call is history, the
+    # observation becomes the last query
+    first = records[0]
+    assert first["history"][0][1].startswith('{"name": "generate_invoice"')
+    assert first["instruction"].startswith('{"invoice_id": "INV12345"')
+    assert first["system"].startswith("Tools: [")
+    assert D.resolve("glaive_toolcall_zh") == GLAIVE.resolve()
+
+
+# ---------------------------------------------------------------- registry and --data
+def test_registry_names_and_paths_mix_in_data(tmp_path, monkeypatch):
+    """--data takes several names and paths; names resolve through dataset_info.json relative to data/."""
+    from unitune.train import parse
+
+    data_dir = tmp_path / "data"
+    (data_dir / "sub").mkdir(parents=True)
+    write(data_dir / "sub" / "named.jsonl", RECORDS[:2], "jsonl")
+    (data_dir / "dataset_info.json").write_text(json.dumps({"named": {"file": "sub/named.jsonl"}}))
+    monkeypatch.setattr(D, "DATA_DIR", data_dir)
+    monkeypatch.setattr(D, "REGISTRY_FILE", data_dir / "dataset_info.json")
+    csv_file = write(tmp_path / "extra.csv", RECORDS[2:], "csv")
+    parquet = write(tmp_path / "extra.parquet", RECORDS[:1], "parquet")
+
+    _, data_args, _, _ = parse(["--data", "named", str(csv_file), str(parquet)])
+    assert data_args.data == ["named", str(csv_file), str(parquet)]
+    assert D.load_datasets(data_args.data) == EXPECTED[:2] + EXPECTED[2:] + EXPECTED[:1]
+    with pytest.raises(UnituneError, match=r"unknown dataset 'nope'.*known: named"):
+        D.resolve("nope")
+
+
+def test_real_registry_entries_are_well_formed():
+    entries = D.registry()
+    assert "unitune-synth" in entries
+    for name, entry in entries.items():
+        assert isinstance(entry.get("file"), str), name
+        assert Path(entry["file"]).suffix in D.READERS, name
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "alpaca").is_dir(), reason="../shared/data/alpaca absent")
+def test_real_registry_resolves_shared_names_mixed_with_a_path(tmp_path):
+    path = write(tmp_path / "mine.json", RECORDS, "json")
+    records = D.load_datasets(["alpaca", str(path), "alpaca_zh"], max_samples=5)
+    assert len(records) == 5 + 3 + 5
+    assert records[5:8] == EXPECTED
+
+
+# ---------------------------------------------------------------- templates and labels
+def test_alpaca_and_alpaca_zh_templates_render():
+    alpaca = get_template("alpaca")
+    text = alpaca.prompt_for("Add the numbers.", "3 4")
+    assert text == ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                    "the request.\n\n### Instruction:\nAdd the numbers.\n\n### Input:\n3 4\n\n### Response:\n")
+    assert alpaca.prompt_for("Hi").endswith("### Instruction:\nHi\n\n### Response:\n")
+    zh = get_template("alpaca_zh")
+    text = zh.prompt_for("加法", history=[["一加一", "二"]])
+    assert text.startswith("以下是描述任务的指令。")
+    assert "### 指令:\n一加一\n\n### 回答:\n二\n\n### 指令:\n加法\n\n### 回答:\n" in text
+
+
+def _split_prompt_response(tokenizer, template, record):
+    prompt, response = template.segments(record["instruction"], record["input"], record["output"])[0]
+    p = tokenizer.encode(prompt, add_special_tokens=False)
+    r = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return p, r
+
+
+def test_loss_only_on_responses_by_default(tokenizer):
+    template = get_template("alpaca")
+    record = EXPECTED[0]
+    p, r = _split_prompt_response(tokenizer, template, record)
+    out = D.encode(tokenizer, template, record, cutoff_len=4096, train_on_inputs=False, add_bos=False)
+    assert out["input_ids"] == p + r
+    assert out["labels"] == [-100] * len(p) + r
+    with_bos = D.encode(tokenizer, template, record, cutoff_len=4096, train_on_inputs=False, add_bos=True)
+    assert with_bos["input_ids"][0] == tokenizer.bos_token_id and with_bos["labels"][0] == -100
+
+
+def test_multi_turn_labels_every_response(tokenizer):
+    template = get_template("alpaca")
+    record = D.normalize({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                                            {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Ciao"}]}, "x")
+    out = D.encode(tokenizer, template, record, 4096, False, add_bos=False)
+    kept = [t for t, label in zip(out["input_ids"], out["labels"]) if label != -100]
+    eos = tokenizer.eos_token_id
+    assert kept == (tokenizer.encode("Hello", add_special_tokens=False) + [eos]
+                    + tokenizer.encode("Ciao", add_special_tokens=False) + [eos])
+
+
+def test_train_on_inputs_includes_prompt_tokens(tokenizer):
+    template = get_template("alpaca")
+    out = D.encode(tokenizer, template, EXPECTED[0], 4096, train_on_inputs=True, add_bos=True)
+    assert out["labels"] == out["input_ids"]
+
+
+def test_cutoff_truncates_and_drops_examples_without_response(tokenizer, tmp_path, caplog):
+    template = get_template("alpaca")
+    p, r = _split_prompt_response(tokenizer, template, EXPECTED[0])
+    cut = len(p) + 2
+    out = D.encode(tokenizer, template, EXPECTED[0], cut, False, add_bos=False)
+    assert out["input_ids"] == (p + r)[:cut] and sum(x != -100 for x in out["labels"]) == 2
+    long_prompt = dict(EXPECTED[1], instruction="word " * 200)
+    with caplog.at_level(logging.WARNING, logger="unitune.data"):
+        result = D.tokenize([EXPECTED[0], long_prompt, EXPECTED[2]], tokenizer, template, cut, False, tmp_path)
+    assert result.dropped == 1 and len(result.examples) == 2
+    assert all(len(e["input_ids"]) <= cut for e in result.examples)
+    assert any("dropped 1 of 3 examples" in rec.getMessage() and "--cutoff_len" in rec.getMessage()
+               for rec in caplog.records)
+    with pytest.raises(UnituneError, match="no trainable example left"):
+        D.tokenize([long_prompt], tokenizer, template, cut, False, tmp_path)
+
+
+# ---------------------------------------------------------------- validation split
+def test_val_set_size_count_and_fraction_reproducible():
+    examples = [{"id": i} for i in range(50)]
+    train, val = D.split(examples, 10, seed=1)
+    assert len(val) == 10 and len(train) == 40
+    assert sorted(e["id"] for e in train + val) == list(range(50))
+    assert D.split(examples, 10, seed=1) == (train, val)  # same seed, same split
+    assert D.split(examples, 10, seed=2)[1] != val
+    train_f, val_f = D.split(examples, 0.2, seed=1)
+    assert len(val_f) == 10 and val_f == val  # a fraction of 50 is the same count, so the same split
+    assert D.split(examples, 0, seed=1) == (examples, [])
+    with pytest.raises(UnituneError, match="--val_set_size 50"):
+        D.split(examples, 50, seed=1)
+
+
+# ---------------------------------------------------------------- cache
+class CountingEncode:
+    """Wraps tokenizer.encode to count calls; the real encode still does the work."""
+
+    def __init__(self, tokenizer):
+        self.real, self.calls = tokenizer.encode, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def test_tokenize_cache_hit_and_misses(tokenizer, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    template = get_template("alpaca")
+    counter = CountingEncode(tokenizer)
+    monkeypatch.setattr(tokenizer, "encode", counter)
+
+    first = D.tokenize(EXPECTED, tokenizer, template, 64, False, cache)
+    assert not first.from_cache and counter.calls > 0 and len(list(cache.glob("*.npz"))) == 1
+
+    counter.calls = 0
+    second = D.tokenize(EXPECTED, tokenizer, template, 64, False, cache)
+    assert second.from_cache and counter.calls == 0
+    assert second.examples == first.examples and second.fingerprint == first.fingerprint
+    assert second.dropped == first.dropped
+
+    changed = {
+        "cutoff": D.tokenize(EXPECTED, tokenizer, template, 65, False, cache),
+        "template": D.tokenize(EXPECTED, tokenizer, get_template("alpaca_zh"), 64, False, cache),
+        "data": D.tokenize(EXPECTED[:2], tokenizer, template, 64, False, cache),
+        "train_on_inputs": D.tokenize(EXPECTED, tokenizer, template, 64, True, cache),
+    }
+    for what, result in changed.items():
+        assert not result.from_cache, what
+        assert result.fingerprint != first.fingerprint, what
+    assert len(list(cache.glob("*.npz"))) == 5
+    assert not list(cache.glob("*.tmp*"))  # written atomically

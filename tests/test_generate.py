@@ -1,0 +1,186 @@
+"""generate.py: batch predict to resumable JSONL, batching that changes nothing, every decoding preset, REPL."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from unitune import predict
+from unitune.errors import UnituneError
+from unitune.generation import DECODING_PRESETS
+
+
+def _records(n: int) -> list[dict]:
+    """Prompts of varied lengths (so batches get padding), with and without input / output."""
+    out = []
+    for i in range(n):
+        record = {"instruction": f"Add the numbers {i} and {2 * i + 1}." + " Then explain." * (i % 4)}
+        if i % 3 == 0:
+            record["input"] = " ".join(str(j) for j in range(i % 7))
+        if i % 5 == 0:
+            record["output"] = f"Answer: {3 * i + 1}"
+        out.append(record)
+    # a conversation that ends on the user's turn: its last message is what gets answered
+    out.append({"conversations": [{"from": "human", "value": "Add 1 and 2."}, {"from": "gpt", "value": "Answer: 3"},
+                                  {"from": "human", "value": "And 2 and 5?"}]})
+    return out
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model):
+    return str(tiny_model("llama"))
+
+
+def _argv(model, data, output, *extra):
+    return ["--model_name_or_path", model, "--data", str(data), "--output", str(output), "--max_new_tokens", "6",
+            *extra]
+
+
+def test_writes_every_record_with_answer_and_resumes(llama, tmp_path):
+    records = _records(11)
+    data = _write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    stats = predict.run(_argv(llama, data, out, "--batch_size", "4"))
+    assert stats["generated"] == len(records) and stats["resumed"] == 0
+    written = _read_jsonl(out)
+    assert len(written) == len(records)
+    for index, (line, record) in enumerate(zip(written, records)):
+        assert line["_index"] == index  # rewritten in input order once complete
+        assert {k: v for k, v in line.items() if k not in ("generate", "_index", "_hash")} == record
+        assert isinstance(line["generate"], str) and line["generate"]
+
+    # an interrupted earlier run: 4 records done (marked so a regeneration would show), then a cut line
+    done = [dict(written[i], generate=f"EARLIER {i}") for i in (7, 0, 3, 9)]
+    out.write_text("".join(json.dumps(d) + "\n" for d in done) + json.dumps(written[1])[:25], encoding="utf-8")
+    stats = predict.run(_argv(llama, data, out, "--batch_size", "4"))
+    assert stats["resumed"] == 4 and stats["generated"] == len(records) - 4
+    again = _read_jsonl(out)
+    assert [line["_index"] for line in again] == list(range(len(records)))
+    for index, line in enumerate(again):
+        expected = f"EARLIER {index}" if index in (7, 0, 3, 9) else written[index]["generate"]
+        assert line["generate"] == expected
+
+    # everything done: a re-run generates nothing and leaves the file as it is
+    before = out.read_text(encoding="utf-8")
+    stats = predict.run(_argv(llama, data, out))
+    assert stats["generated"] == 0 and stats["resumed"] == len(records)
+    assert out.read_text(encoding="utf-8") == before
+
+
+def test_changed_input_is_refused(llama, tmp_path):
+    records = _records(3)
+    data = _write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    line = {**records[1], "generate": "x", "_index": 1, "_hash": predict.record_hash(records[1])}
+    out.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    records[1] = {**records[1], "instruction": "Something else entirely."}
+    _write_jsonl(data, records)
+    with pytest.raises(UnituneError, match=r"line 1: .*record 1.*input changed"):
+        predict.run(_argv(llama, data, out))
+    out.write_text(json.dumps({"instruction": "a", "generate": "b"}) + "\n", encoding="utf-8")
+    with pytest.raises(UnituneError, match="not written by generate.py"):
+        predict.run(_argv(llama, data, out))
+
+
+def test_batch_16_and_batch_1_give_identical_greedy_answers(llama, tmp_path):
+    data = _write_jsonl(tmp_path / "in.jsonl", _records(19))  # 20 records: a full batch of 16 and a rest
+    predict.run(_argv(llama, data, tmp_path / "b16.jsonl", "--batch_size", "16", "--max_new_tokens", "8"))
+    predict.run(_argv(llama, data, tmp_path / "b1.jsonl", "--batch_size", "1", "--max_new_tokens", "8"))
+    batched = [r["generate"] for r in _read_jsonl(tmp_path / "b16.jsonl")]
+    single = [r["generate"] for r in _read_jsonl(tmp_path / "b1.jsonl")]
+    assert batched == single
+    assert len(set(batched)) > 1  # the prompts really differ in what they produce
+
+
+@pytest.mark.parametrize("preset", sorted(DECODING_PRESETS))
+def test_every_decoding_preset_runs(llama, tmp_path, preset):
+    data = _write_jsonl(tmp_path / "in.jsonl", _records(4))
+    out = tmp_path / f"{preset}.jsonl"
+    stats = predict.run(_argv(llama, data, out, "--decoding", preset, "--batch_size", "3", "--max_new_tokens", "4"))
+    assert stats["generated"] == 5
+    assert all(isinstance(r["generate"], str) and r["generate"] for r in _read_jsonl(out))
+
+
+def _naive_contrastive(model, ids: list[int], steps: int, alpha: float, k: int, eos: int, pad: int) -> list[int]:
+    """Textbook contrastive search on one unpadded prompt: full forward passes, no cache, no batching."""
+    import torch
+
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            if seq[-1] == eos and len(seq) > len(ids):  # finished rows of a batch are padded
+                seq += [pad] * (len(ids) + steps - len(seq))
+                break
+            out = model(torch.tensor([seq]), output_hidden_states=True)
+            probs = out.logits[0, -1].float().softmax(-1)
+            top_probs, top_ids = probs.topk(k)
+            best, best_score = None, None
+            for p, cand in zip(top_probs.tolist(), top_ids.tolist()):
+                hidden = model(torch.tensor([seq + [cand]]), output_hidden_states=True).hidden_states[-1][0]
+                penalty = torch.nn.functional.cosine_similarity(hidden[:-1], hidden[-1:], dim=-1).max().item()
+                score = (1 - alpha) * p - alpha * penalty
+                if best_score is None or score > best_score:
+                    best, best_score = cand, score
+            seq.append(best)
+    return seq[len(ids):]
+
+
+def test_contrastive_search_matches_the_textbook_algorithm(llama):
+    """transformers 5 sends contrastive search to the Hub; ours must be the real algorithm, batched."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unitune.generation import decoding_config, generate_ids
+
+    tok = AutoTokenizer.from_pretrained(llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(llama).eval()
+    prompts = ["The quick brown fox jumps over the lazy dog. Add 5", "答案"]  # different lengths: padding
+    config = decoding_config("contrastive")
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    got = generate_ids(model, dict(enc), 5, tok.pad_token_id, **config)[:, enc["input_ids"].shape[1]:]
+    for row, prompt in enumerate(prompts):
+        want = _naive_contrastive(model, tok(prompt)["input_ids"], 5, config["penalty_alpha"], config["top_k"],
+                                  tok.eos_token_id, tok.pad_token_id)
+        assert got[row].tolist() == want
+    # alpha -> 0 is greedy search
+    greedy = generate_ids(model, dict(enc), 6, tok.pad_token_id, do_sample=False)
+    near_zero = generate_ids(model, dict(enc), 6, tok.pad_token_id, **decoding_config("contrastive", penalty_alpha=1e-9))
+    assert near_zero.tolist() == greedy.tolist()
+
+
+def test_interactive_answers_each_line_until_exit(llama, tmp_path):
+    (model_args, gen_args, _), _ = predict.A.parse(predict.GROUPS, ["--model_name_or_path", llama,
+                                                                    "--max_new_tokens", "5"], prog="generate.py")
+    stdout = io.StringIO()
+    answered = predict.interactive(model_args, gen_args, stdin=io.StringIO("Add 2 and 3.\n\nSay hi.\nexit\nNot read\n"),
+                                   stdout=stdout)
+    assert answered == 2
+    # the same instructions through the batch path give the same answers, one after the other
+    data = _write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Add 2 and 3."}, {"instruction": "Say hi."}])
+    predict.run(_argv(llama, data, tmp_path / "out.jsonl", "--max_new_tokens", "5"))
+    answers = [r["generate"] for r in _read_jsonl(tmp_path / "out.jsonl")]
+    assert stdout.getvalue() == "".join(a + "\n" for a in answers)
+
+
+def test_flag_mistakes_are_one_line_errors(llama, tmp_path):
+    with pytest.raises(UnituneError, match="--interactive"):
+        predict.run(["--model_name_or_path", llama])
+    with pytest.raises(UnituneError, match="drop --data"):
+        predict.run(["--model_name_or_path", llama, "--interactive", "--data", "x.jsonl"])
+    with pytest.raises(UnituneError, match="not found"):
+        predict.run(["--model_name_or_path", llama, "--data", str(tmp_path / "missing.jsonl")])
+    with pytest.raises(UnituneError, match="unknown --decoding"):
+        predict.run(["--model_name_or_path", llama, "--data", "x.jsonl", "--decoding", "nucleus"])
+    data = _write_jsonl(tmp_path / "in.jsonl", [{"input": "no instruction"}])
+    with pytest.raises(UnituneError, match=r"in.jsonl: line 1: missing field 'instruction'"):
+        predict.run(_argv(llama, data, tmp_path / "out.jsonl"))

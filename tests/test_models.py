@@ -1,0 +1,177 @@
+"""The --model_type registry, family by family, on tiny models that keep each family's real module names.
+
+Every family goes through the shared loader: LoRA trains (loss falls), saves, and reloads both with plain
+`peft` and through `unitune.loader.load(mode="infer", adapter=...)` to the same logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.tiny import FAMILIES, LAYERS, REMOTE_CLASSES, build_model  # noqa: E402
+from unitune.args import ModelArgs, PeftArgs, TrainArgs  # noqa: E402
+from unitune.errors import UnituneError  # noqa: E402
+from unitune.loader import load  # noqa: E402
+from unitune.models import MODELS, get_model_spec  # noqa: E402
+
+TEXTS = ["### Instruction:\nAdd the numbers.\n\n### Input:\n3 4\n\n### Response:\n3 + 4 = 7",
+         "The quick brown fox jumps over the lazy dog."]
+STEPS = 8
+REMOTE = [name for name, spec in MODELS.items() if spec.remote_code]
+
+
+def _model_args(tiny_model, family: str, **kw) -> ModelArgs:
+    return ModelArgs(model_type=family, model_name_or_path=str(tiny_model(family)), compute_dtype="fp32",
+                     trust_remote_code=MODELS[family].remote_code, **kw)
+
+
+def _batch(tokenizer, labels: bool = True) -> dict:
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True, return_token_type_ids=False)
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if labels:
+        batch["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    return batch
+
+
+def _base(path, family: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                trust_remote_code=MODELS[family].remote_code).eval()
+
+
+def _leaf_names(model) -> list[str]:
+    return [name.rsplit(".", 1)[-1] for name, _ in model.named_modules()]
+
+
+def test_every_registered_family_has_a_tiny_model():
+    assert sorted(FAMILIES) == sorted(MODELS)
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_registry_names_exist_in_tiny_model(tiny_model, family):
+    spec = MODELS[family]
+    model = _base(tiny_model(family), family)
+    names = _leaf_names(model)
+    linear = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    for target in (*spec.lora_targets, *spec.ia3_feedforward):
+        assert target in linear, f"{family}: {target} is not a Linear of the tiny model"
+    # adapters go after/beside these: exactly one attention and one feed-forward module per decoder layer
+    assert names.count(spec.attention) == LAYERS, f"{family}: attention module {spec.attention!r}"
+    assert names.count(spec.mlp) == LAYERS, f"{family}: mlp module {spec.mlp!r}"
+    if family in REMOTE_CLASSES:  # the stand-in really is remote code, loaded from the model directory
+        assert type(model).__module__.startswith("transformers_modules.")
+        assert type(model).__name__ == REMOTE_CLASSES[family][1]
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_lora_trains_saves_and_reloads(tiny_model, family, tmp_path):
+    from peft import PeftModel
+
+    spec = MODELS[family]
+    model_args = _model_args(tiny_model, family)
+    loaded = load(model_args, mode="train", peft_args=PeftArgs(peft_type="lora", lora_r=4, lora_dropout=0.0),
+                  train_args=TrainArgs())
+    model, batch = loaded.model, _batch(loaded.tokenizer)
+    assert loaded.spec is spec
+    wrapped = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if hasattr(mod, "lora_A")}
+    assert wrapped == set(spec.lora_targets) if spec.lora_targets else len(wrapped) > 1  # auto: all linear
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    model.train()
+    with torch.no_grad():
+        first = model(**batch).loss.item()
+    for _ in range(STEPS):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+        with model.disable_adapter():
+            base_logits = model(**batch).logits
+    assert out.loss.item() < first - 0.05, f"{family}: loss {first:.3f} -> {out.loss.item():.3f}"
+    assert (out.logits - base_logits).abs().max() > 1e-3  # the adapter matters, so equality below means something
+
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    plain = PeftModel.from_pretrained(_base(model_args.base_path, family), adapter).eval()
+    again = load(replace(model_args, adapter=str(adapter)), mode="infer")
+    assert not again.model.training
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, out.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(again.model(**batch).logits, out.logits, atol=1e-5, rtol=0)
+
+    # the infer-mode model answers a left-padded batch
+    prompts = _batch(again.tokenizer, labels=False)
+    assert again.tokenizer.padding_side == "left"
+    generated = again.model.generate(**prompts, max_new_tokens=4, do_sample=False)
+    assert generated.shape == (len(TEXTS), prompts["input_ids"].shape[1] + 4)
+
+
+@pytest.mark.parametrize("family", REMOTE)
+def test_remote_code_family_needs_trust_remote_code(tiny_model, family):
+    args = replace(_model_args(tiny_model, family), trust_remote_code=False)
+    with pytest.raises(UnituneError, match="--trust_remote_code"):
+        load(args, mode="infer")
+
+
+@pytest.mark.parametrize("family", sorted(REMOTE_CLASSES))
+def test_remote_stand_in_refuses_to_load_without_trust(tiny_model, family):
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(tiny_model(family), trust_remote_code=False)
+
+
+def test_unknown_model_type_lists_the_choices(tiny_model):
+    with pytest.raises(UnituneError) as err:
+        load(replace(_model_args(tiny_model, "llama"), model_type="gpt-7"), mode="infer")
+    message = str(err.value)
+    assert "gpt-7" in message and "\n" not in message
+    assert all(name in message for name in MODELS)
+    with pytest.raises(UnituneError, match="choose one of"):
+        get_model_spec("gpt-7")
+
+
+@pytest.mark.parametrize("family", sorted(REMOTE_CLASSES))
+def test_remote_stand_in_generates_like_a_real_causal_lm(tiny_model, family):
+    """KV cache, left padding and gradient checkpointing of the stand-in behave like a transformers model."""
+    from transformers import AutoTokenizer
+
+    model = _base(tiny_model(family), family)
+    tok = AutoTokenizer.from_pretrained(tiny_model(family), trust_remote_code=True, padding_side="left")
+    prompts = _batch(tok, labels=False)
+    cached = model.generate(**prompts, max_new_tokens=6, do_sample=False)
+    assert torch.equal(cached, model.generate(**prompts, max_new_tokens=6, do_sample=False, use_cache=False))
+    for row, text in enumerate(TEXTS):  # padding changes nothing
+        alone = model.generate(**tok([text], return_tensors="pt", return_token_type_ids=False),
+                               max_new_tokens=6, do_sample=False)
+        assert torch.equal(alone[0, -6:], cached[row, -6:])
+
+    batch = _batch(tok)
+    model.train()
+    model(**batch).loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    model(**batch).loss.backward()
+    for before, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, before)
+
+
+@pytest.mark.parametrize("family", ["llama", "chatglm"])
+def test_tiny_models_are_deterministic(tmp_path, family):
+    from safetensors.torch import load_file
+
+    one = load_file(build_model(family, tmp_path / "one") / "model.safetensors")
+    two = load_file(build_model(family, tmp_path / "two") / "model.safetensors")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)

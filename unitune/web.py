@@ -1,0 +1,308 @@
+"""web.py: ONE process, ONE loaded model, two faces on one FastAPI app served by uvicorn.
+
+- a Gradio chat page at / (streaming, history, sampling sliders, system prompt, regenerate, clear);
+- an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) and KnowLM's /generate.
+
+Every generation goes through one Engine: a worker thread that owns the model and runs one request at
+a time from a bounded queue (full -> 503). A client that disconnects cancels its own generation only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+
+from unitune.args import GenerationArgs, ModelArgs, flag, parse
+from unitune.chat import ChatArgs, context_window, fit_history, prompt_budget
+from unitune.errors import UnituneError
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+@dataclass
+class ServeArgs:
+    host: str = flag("127.0.0.1", "address to bind; 0.0.0.0 exposes the page and the API to the network")
+    port: int = flag(7860, "port of the page and the API")
+    api_key: Optional[str] = flag(None, "require 'Authorization: Bearer <key>' on /v1 and /generate and the key as "
+                                        "password on the page; default: $UNITUNE_API_KEY")
+    share: bool = flag(False, "also open a public Gradio share link (needs internet)")
+    max_queue: int = flag(8, "requests waiting for the model at most; more are answered 503")
+    served_model_name: Optional[str] = flag(None, "model id the API reports; default: the adapter's (or base's) "
+                                                  "directory name")
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status plus the OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+@dataclass
+class Job:
+    """One generation request; its text pieces reach the asyncio side through an asyncio.Queue."""
+
+    prompt: str
+    max_new_tokens: int
+    stops: tuple = ()
+    gen_kwargs: dict = field(default_factory=dict)
+    seed: Optional[int] = None
+    strip: bool = True
+    cancel: threading.Event = field(default_factory=threading.Event)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    error: Optional[BaseException] = None
+
+    def _bind(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def _put(self, item: Any) -> None:  # called from the engine thread
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: the server is shutting down
+            self.cancel.set()
+
+    async def pieces(self, disconnected: Optional[Callable[[], Awaitable[bool]]] = None) -> AsyncIterator[str]:
+        """The text pieces; leaving early (or the client leaving) cancels this job and no other."""
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if disconnected is not None and await disconnected():
+                        return
+                    continue
+                if item is _DONE:
+                    if self.error is not None:
+                        raise ApiError(500, f"generation failed: {self.error}", "server_error")
+                    return
+                yield item
+        finally:
+            self.cancel.set()
+
+    async def text(self, disconnected=None) -> str:
+        return "".join([piece async for piece in self.pieces(disconnected)])
+
+
+class Engine:
+    """The one model, behind one worker thread and a bounded queue of waiting jobs."""
+
+    def __init__(self, loaded, max_queue: int = 8) -> None:
+        self.loaded = loaded
+        self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.counts = {"finished": 0, "cancelled": 0, "failed": 0}  # shown by /health
+        self.thread = threading.Thread(target=self._work, daemon=True, name="unitune-engine")
+        self.thread.start()
+
+    @property
+    def context_window(self) -> Optional[int]:
+        return context_window(self.loaded.model)
+
+    def submit(self, job: Job) -> Job:
+        job._bind()
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise ApiError(503, "the server is busy: too many requests are waiting for the model; retry later",
+                           "server_overloaded", code="queue_full") from None
+        return job
+
+    def _work(self) -> None:
+        import torch
+
+        from unitune.generation import stream_generate
+
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if not job.cancel.is_set():  # its client may have left while it waited
+                try:
+                    if job.seed is not None:
+                        torch.manual_seed(job.seed)
+                    stream = stream_generate(model, tokenizer, job.prompt, job.max_new_tokens, job.stops,
+                                             cancel=job.cancel, strip=job.strip, **job.gen_kwargs)
+                    for piece in stream:
+                        job._put(piece)
+                    job.prompt_tokens, job.completion_tokens = stream.prompt_tokens, stream.completion_tokens
+                    job.finish_reason = "length" if stream.finish_reason == "length" else "stop"
+                except Exception as err:  # reported to that client; the engine serves the next job
+                    log.exception("generation failed")
+                    job.error = err
+            self.counts["failed" if job.error else "cancelled" if job.cancel.is_set() else "finished"] += 1
+            job._put(_DONE)
+
+    def close(self) -> None:
+        self.jobs.put(None)
+
+
+class Server:
+    """Turns requests (API or page) into Jobs: prompt building, history budget, decoding options."""
+
+    def __init__(self, loaded, gen_args: GenerationArgs, chat_args: ChatArgs, serve_args: ServeArgs,
+                 model_id: str) -> None:
+        self.loaded, self.gen_args, self.chat_args, self.serve_args = loaded, gen_args, chat_args, serve_args
+        self.model_id = model_id
+        self.engine = Engine(loaded, serve_args.max_queue)
+        self.base_kwargs = gen_args.generate_kwargs()
+
+    def count(self, text: str) -> int:
+        return len(self.loaded.tokenizer(text)["input_ids"])
+
+    def decoding(self, min_new_tokens: Optional[int] = None, temperature=None, top_p=None, top_k=None,
+                 repetition_penalty=None, num_beams=None, do_sample=None) -> dict:
+        """The server's decoding preset overridden by a request; temperature 0 means greedy.
+
+        min_new_tokens (vLLM's ignore_eos) keeps the end-of-sequence token away until then.
+        """
+        kwargs = dict(self.base_kwargs)
+        if min_new_tokens:
+            kwargs["min_new_tokens"] = min_new_tokens
+        if temperature is not None:
+            kwargs["do_sample"] = temperature > 0
+            if temperature > 0:
+                kwargs["temperature"] = temperature
+        if top_p is not None:
+            kwargs["top_p"] = top_p
+        for key, value in (("top_k", top_k), ("repetition_penalty", repetition_penalty), ("num_beams", num_beams),
+                           ("do_sample", do_sample)):
+            if value is not None:
+                kwargs[key] = value
+        if not kwargs.get("do_sample"):  # sampling knobs would only draw warnings from generate()
+            for key in ("temperature", "top_p"):
+                kwargs.pop(key, None)
+            if not kwargs.get("penalty_alpha"):
+                kwargs.pop("top_k", None)
+        return kwargs
+
+    def budget(self, prompt_tokens: int, max_tokens: Optional[int], param: str = "max_tokens") -> int:
+        """max_new_tokens for a prompt: the request's (refused beyond the context window) or the default (cut)."""
+        window = self.engine.context_window
+        room = None if window is None else window - prompt_tokens
+        if max_tokens is None:
+            max_tokens = self.gen_args.max_new_tokens if room is None else min(self.gen_args.max_new_tokens, room)
+        if room is not None and (max_tokens > room or room < 1):
+            raise ApiError(400, f"this model's maximum context length is {window} tokens; the prompt has "
+                                f"{prompt_tokens} and {param} asks for {max_tokens} more", param=param,
+                           code="context_length_exceeded")
+        return max_tokens
+
+    def chat_job(self, message: str, history: list, system: Optional[str], max_tokens: Optional[int],
+                 stops=(), seed=None, input: str = "", ignore_eos: bool = False, **decoding) -> Job:
+        """A templated multi-turn job; the oldest turns are dropped to fit --cutoff_len (as in server.py)."""
+        template, cutoff = self.loaded.template, self.chat_args.cutoff_len
+        if system is None:
+            system = self.chat_args.system
+        window, wanted = self.engine.context_window, max_tokens or self.gen_args.max_new_tokens
+        limit = prompt_budget(cutoff, window, wanted)
+        prompt, kept, n_tokens = fit_history(template, self.loaded.tokenizer, message, history, system, limit,
+                                             input)
+        if n_tokens > cutoff:
+            raise ApiError(400, f"the last message makes a prompt of {n_tokens} tokens, more than the server's "
+                                f"--cutoff_len {cutoff}", param="messages", code="context_length_exceeded")
+        if self.chat_args.verbose:
+            log.info("prompt (%d tokens, %d turns of history):\n%s", n_tokens, len(kept), prompt)
+        new_tokens = self.budget(n_tokens, max_tokens)
+        return self.engine.submit(Job(prompt, new_tokens, (*template.stop, *stops),
+                                      self.decoding(new_tokens if ignore_eos else None, **decoding), seed))
+
+    def raw_budget(self, prompt: str, max_tokens: int) -> int:
+        n_tokens = self.count(prompt)
+        if n_tokens > self.chat_args.cutoff_len:
+            raise ApiError(400, f"the prompt has {n_tokens} tokens, more than the server's --cutoff_len "
+                                f"{self.chat_args.cutoff_len}", param="prompt", code="context_length_exceeded")
+        return self.budget(n_tokens, max_tokens)
+
+    def raw_job(self, prompt: str, max_tokens: int, stops=(), seed=None, ignore_eos: bool = False,
+                **decoding) -> Job:
+        """An untemplated continuation (/v1/completions): whitespace is the model's, not trimmed."""
+        new_tokens = self.raw_budget(prompt, max_tokens)
+        return self.engine.submit(Job(prompt, new_tokens, tuple(stops),
+                                      self.decoding(new_tokens if ignore_eos else None, **decoding), seed,
+                                      strip=False))
+
+
+def model_id_for(model_args: ModelArgs, serve_args: ServeArgs) -> str:
+    if serve_args.served_model_name:
+        return serve_args.served_model_name
+    return Path(model_args.adapter or model_args.base_path).resolve().name or "unitune"
+
+
+def create_app(loaded, gen_args: Optional[GenerationArgs] = None, chat_args: Optional[ChatArgs] = None,
+               serve_args: Optional[ServeArgs] = None, model_id: str = "unitune", page: bool = True):
+    """The FastAPI app (API routes, plus the Gradio page mounted at / unless page=False); for tests and run()."""
+    from unitune.web_api import add_routes
+
+    server = Server(loaded, gen_args or GenerationArgs(), chat_args or ChatArgs(), serve_args or ServeArgs(),
+                    model_id)
+    app = add_routes(server)
+    if page:
+        import gradio as gr
+
+        from unitune.web_page import build_page
+
+        key = server.serve_args.api_key
+        auth = (lambda _user, password: hmac.compare_digest(password, key)) if key else None
+        app = gr.mount_gradio_app(app, build_page(server), path="/", auth=auth,
+                                  auth_message="Password: the server's --api_key" if key else None,
+                                  footer_links=[], run_history=False)
+    return app
+
+
+def run(argv: Optional[list[str]] = None) -> None:
+    from unitune.loader import check_model_args, load
+
+    (model_args, gen_args, chat_args, serve_args), _ = parse(
+        [ModelArgs, GenerationArgs, ChatArgs, ServeArgs], argv, prog="web.py",
+        description="Serve a model (and adapter) as a Gradio chat page and an OpenAI-compatible API on one port.")
+    check_model_args(model_args)  # flag mistakes surface before the slow imports
+    gen_args.generate_kwargs()
+    if serve_args.max_queue < 1:
+        raise UnituneError(f"--max_queue must be at least 1, got {serve_args.max_queue}")
+    if serve_args.api_key is None:
+        serve_args.api_key = os.environ.get("UNITUNE_API_KEY") or None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if serve_args.host not in ("127.0.0.1", "localhost", "::1") and not serve_args.api_key:
+        log.warning("--host %s without --api_key: anyone who reaches this port can use the model", serve_args.host)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline server
+    import uvicorn
+
+    loaded = load(model_args, mode="infer")
+    app = create_app(loaded, gen_args, chat_args, serve_args, model_id_for(model_args, serve_args))
+    if serve_args.share:
+        _share(app, serve_args)
+    log.info("serving %s: page http://%s:%d/  API http://%s:%d/v1", model_id_for(model_args, serve_args),
+             serve_args.host, serve_args.port, serve_args.host, serve_args.port)
+    uvicorn.run(app, host=serve_args.host, port=serve_args.port, log_level="warning")
+
+
+def _share(app, serve_args: ServeArgs) -> None:
+    """Open a Gradio share tunnel to this port once the server is up (only with --share)."""
+    import secrets
+
+    from gradio import networking
+
+    def tunnel() -> None:
+        try:
+            url = networking.setup_tunnel("127.0.0.1", serve_args.port, secrets.token_urlsafe(32), None, None)
+            log.info("public share link: %s", url)
+        except Exception as err:  # no internet: the local server keeps working
+            log.warning("--share: no public link (%s)", err)
+
+    if not serve_args.api_key:
+        log.warning("--share without --api_key: the API is public to anyone with the link")
+    app.router.on_startup.append(lambda: threading.Thread(target=tunnel, daemon=True).start())

@@ -1,0 +1,90 @@
+"""The Gradio face of web.py: a chat page whose replies stream from the same Engine as the API.
+
+The conversation the model sees is kept as (user, assistant) pairs in a gr.State; the Chatbot only
+displays it (in Gradio's messages format), so markdown rendering never leaks back into prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from unitune.web import ApiError
+
+
+def as_messages(pairs: list, pending: Optional[tuple[str, str]] = None) -> list[dict]:
+    """(user, assistant) pairs -> Gradio Chatbot messages."""
+    out = []
+    for user, assistant in [*pairs, *([pending] if pending else [])]:
+        out.append({"role": "user", "content": user})
+        out.append({"role": "assistant", "content": assistant})
+    return out
+
+
+def build_page(server):
+    """The gr.Blocks chat page for a unitune.web.Server."""
+    import gradio as gr
+
+    kwargs = server.base_kwargs
+    greedy = not kwargs.get("do_sample")
+    window = server.engine.context_window or 4096
+    default_system = server.chat_args.system if server.chat_args.system is not None else server.loaded.template.system
+
+    async def answer(message: str, pairs: list, system: str, temperature: float, top_p: float, max_new: float):
+        """Stream the reply to `message` after `pairs`; yields (chatbot, pairs, textbox) updates."""
+        pairs = [tuple(p) for p in (pairs or [])]
+        message = (message or "").strip()
+        if not message:
+            yield as_messages(pairs), pairs, ""
+            return
+        yield as_messages(pairs, (message, "")), pairs, ""
+        try:
+            job = server.chat_job(message, pairs, system, int(max_new), temperature=float(temperature),
+                                  top_p=float(top_p))
+        except ApiError as err:
+            raise gr.Error(err.message) from None
+        reply = ""
+        async for piece in job.pieces():
+            reply += piece
+            yield as_messages(pairs, (message, reply)), pairs, ""
+        pairs = [*pairs, (message, reply)]
+        yield as_messages(pairs), pairs, ""
+
+    async def regenerate(pairs: list, system: str, temperature: float, top_p: float, max_new: float):
+        pairs = [tuple(p) for p in (pairs or [])]
+        if not pairs:
+            yield [], [], ""
+            return
+        async for update in answer(pairs[-1][0], pairs[:-1], system, temperature, top_p, max_new):
+            yield update
+
+    with gr.Blocks(title=f"unitune · {server.model_id}") as page:
+        gr.Markdown(f"### Chat with `{server.model_id}`  \nThe same model answers the API at `/v1`.")
+        pairs = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot", feedback_options=None)
+                with gr.Row():
+                    box = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
+                                     elem_id="message", autofocus=True, lines=1)
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                with gr.Row():
+                    stop = gr.Button("Stop", elem_id="stop")
+                    regen = gr.Button("Regenerate", elem_id="regenerate")
+                    clear = gr.Button("Clear", elem_id="clear")
+            with gr.Column(scale=1):
+                system = gr.Textbox(label="System prompt", value=default_system, lines=4, elem_id="system")
+                temperature = gr.Slider(0, 2, value=0.0 if greedy else kwargs.get("temperature", 1.0), step=0.05,
+                                        label="Temperature (0 = greedy)", elem_id="temperature")
+                top_p = gr.Slider(0.05, 1, value=kwargs.get("top_p", 1.0), step=0.05, label="Top p", elem_id="top_p")
+                max_new = gr.Slider(1, max(1, min(window, 4096)), step=1, label="Max new tokens", elem_id="max_new",
+                                    value=min(server.gen_args.max_new_tokens, window))
+        settings = [system, temperature, top_p, max_new]
+        outputs = [chatbot, pairs, box]
+        events = [box.submit(answer, [box, pairs, *settings], outputs),
+                  send.click(answer, [box, pairs, *settings], outputs),
+                  regen.click(regenerate, [pairs, *settings], outputs)]
+        # cancelling a Gradio event cancels its task; Job.pieces then cancels the generation
+        stop.click(None, cancels=events)
+        clear.click(lambda: ([], [], ""), None, outputs, cancels=events)
+    page.queue(default_concurrency_limit=None)  # the Engine's queue is the one that bounds work
+    return page
