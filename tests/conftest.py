@@ -3,7 +3,8 @@
     def test_something(tiny_model):
         path = tiny_model("chatglm")  # a directory with config, weights and tokenizer
 
-Remote-code families (chatglm, baichuan) need trust_remote_code=True to load, like their real checkpoints.
+Remote-code families (chatglm, baichuan) need trust_remote_code=True to load, like their real checkpoints;
+pass it (True or False, never None) to AutoTokenizer too, or transformers asks on stdin.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run fastest on one thread; several intra-op threads only spin against each other (and against
+# other test runs) on a small shared machine: measured 5-10x less CPU per test here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_configure(config):

@@ -25,26 +25,9 @@ TEXT = ["### Instruction:\nAdd the numbers.\n\n### Input:\n3 4\n\n### Response:\
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    """family -> directory of a tiny random model + tokenizer (hidden 32, 2 layers)."""
-    from transformers import AutoModelForCausalLM, BloomConfig, LlamaConfig
-
-    from tests.tiny import build_tokenizer
-
-    dirs = {}
-    for family in ("llama", "bloom"):
-        out = tmp_path_factory.mktemp(family)
-        tok = build_tokenizer(out)
-        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        if family == "llama":
-            config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids)
-        else:
-            config = BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, **ids)
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(out)
-        dirs[family] = out
-    return dirs
+def tiny_dirs(tiny_model):
+    """family -> directory of the conftest's tiny random model + tokenizer (hidden 32, 2 layers, 2 kv heads)."""
+    return {family: tiny_model(family) for family in ("llama", "bloom")}
 
 
 def _base(tiny_dirs, family):
@@ -92,7 +75,8 @@ def test_placement(tiny_dirs, family):
 def test_parallel_beside_attention_projections(tiny_dirs):
     _, model = _build(_base(tiny_dirs, "llama"), "llama", "adapter_parallel",
                       adapter_targets=["q_proj", "k_proj", "v_proj"])
-    assert _adapted(model) == {f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "k_proj", "v_proj")}
+    projections = ("q_proj", "k_proj", "v_proj")
+    assert _adapted(model) == {f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in projections}
     k_adapter = getattr(model.get_submodule("model.layers.0.self_attn.k_proj"), CHILD)
     assert (k_adapter.down.in_features, k_adapter.up.out_features) == (32, 16)  # grouped-query k: 2 heads x 8
     with torch.no_grad():
@@ -172,7 +156,8 @@ from unitune.args import ModelArgs
 from unitune.loader import load
 out = {}
 for key, (family, base, adapter) in json.loads(sys.argv[1]).items():
-    loaded = load(ModelArgs(model_type=family, model_name_or_path=base, adapter=adapter, compute_dtype="fp32"), mode="infer")
+    flags = ModelArgs(model_type=family, model_name_or_path=base, adapter=adapter, compute_dtype="fp32")
+    loaded = load(flags, mode="infer")
     batch = loaded.tokenizer(json.loads(sys.argv[2]), return_tensors="pt", padding=True)
     with torch.no_grad():
         logits = loaded.model(**batch).logits
@@ -253,3 +238,21 @@ def load_file_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(folder / WEIGHTS_FILE))
+
+
+def test_every_model_type_gets_its_adapters(tiny_model):
+    """The ModelSpec attention / MLP names hold on every family's stand-in, and zero_up changes no logit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.tiny import FAMILIES, LAYERS
+
+    for family in FAMILIES:
+        path = tiny_model(family)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        batch = tok(TEXT[:1], return_tensors="pt")
+        load = lambda: AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()  # noqa: E731
+        with torch.no_grad():
+            before = load()(**batch).logits
+            _, model = _build(load(), family, "adapter_h", adapter_init="zero_up")
+            assert len(_adapted(model)) == 2 * LAYERS, family
+            assert torch.equal(model(**batch).logits, before), family

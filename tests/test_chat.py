@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,14 +25,15 @@ def spawn(model_dir: Path, *flags: str):
     return child
 
 
-def turn(child, message: str) -> tuple[str, str]:
-    """Send one message; (prompt the model got, reply shown) once the next 'User: ' appears."""
+def turn(child, message: str) -> tuple[str, str, int, str]:
+    """Send one message; (prompt the model got, reply shown, prompt tokens, notices before the prompt)."""
     child.sendline(message)
     child.expect(PROMPT_RE)
+    notices, n_tokens = child.before, int(child.match.group(1))
     prompt = child.match.group(2).replace("\r\n", "\n")
     child.expect("Assistant: ")
     child.expect(r"\r?\nUser: ")
-    return prompt, child.before.replace("\r\n", "\n")
+    return prompt, child.before.replace("\r\n", "\n"), n_tokens, notices
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +41,36 @@ def model_dir(tiny_model):
     return EMBEDDED if (EMBEDDED / "config.json").is_file() else tiny_model("llama")
 
 
-def test_history_clear_exit(model_dir):
-    child = spawn(model_dir, "--verbose", "--max_new_tokens", "12")
+def test_history_clear_cutoff_exit(model_dir):
+    cutoff = 160
+    child = spawn(model_dir, "--verbose", "--max_new_tokens", "12", "--cutoff_len", str(cutoff))
     try:
-        first_prompt, first_reply = turn(child, "My name is Ada Lovelace.")
+        first_prompt, first_reply, _, _ = turn(child, "My name is Ada Lovelace.")
         assert "My name is Ada Lovelace." in first_prompt
-        second_prompt, _ = turn(child, "What is my name?")
+        second_prompt, _, _, _ = turn(child, "What is my name?")
         # turn 2 is built from turn 1: the user's words and the model's reply, in template order
         assert first_prompt in second_prompt
         assert second_prompt.index("My name is Ada Lovelace.") < second_prompt.index("What is my name?")
         if first_reply.strip():
             assert first_reply.strip() in second_prompt
+
         child.sendline("clear")
         child.expect(r"\(history cleared\)")
         child.expect("User: ")
-        third_prompt, _ = turn(child, "What is my name?")
+        third_prompt, _, _, _ = turn(child, "What is my name?")
         assert "Ada" not in third_prompt and "What is my name?" in third_prompt
+
+        # the history grows until --cutoff_len forces the oldest turns out
+        sent = ["What is my name?"]
+        for i in range(8):
+            sent.append(f"Tell me about the quick brown fox number {i}.")
+            prompt, _, n_tokens, notices = turn(child, sent[-1])
+            assert n_tokens <= cutoff
+            if "oldest turn" in notices:
+                break
+        else:
+            pytest.fail("the history never reached --cutoff_len")
+        assert sent[0] not in prompt and sent[-2] in prompt and sent[-1] in prompt
         child.sendline("exit")
         child.expect(pexpect.EOF)
     finally:
@@ -66,19 +79,15 @@ def test_history_clear_exit(model_dir):
 
 
 @pytest.fixture(scope="module")
-def endless_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny llama, told by its generation_config never to end a reply before 10,000 tokens."""
-    out = tmp_path_factory.mktemp("endless")
-    for item in Path(tiny_model("llama")).iterdir():
-        shutil.copy(item, out / item.name)
-    config = json.loads((out / "generation_config.json").read_text()) if (out / "generation_config.json").exists() \
-        else {}
-    (out / "generation_config.json").write_text(json.dumps({**config, "min_new_tokens": 10000}))
-    return out
+def endless_model(model_dir, tmp_path_factory) -> Path:
+    """The chat model, told by its generation_config never to end a reply early (so Ctrl-C lands mid-reply)."""
+    from tests.test_web import endless_copy
+
+    return endless_copy(model_dir, tmp_path_factory.mktemp("endless") / model_dir.name)
 
 
 def test_ctrl_c_interrupts_only_the_reply(endless_model):
-    child = spawn(endless_model, "--verbose", "--max_new_tokens", "200", "--cutoff_len", "100")
+    child = spawn(endless_model, "--verbose", "--max_new_tokens", "200")
     try:
         child.sendline("Tell me a very long story.")
         child.expect("Assistant: ")
@@ -86,7 +95,7 @@ def test_ctrl_c_interrupts_only_the_reply(endless_model):
         child.sendintr()
         child.expect(r"\[interrupted")
         child.expect("User: ")  # the session is still alive
-        prompt, _ = turn(child, "Another question.")
+        prompt, _, _, _ = turn(child, "Another question.")
         assert "long story" not in prompt  # the interrupted turn was not kept
         assert re.search(r"Another question\.", prompt)
         child.sendline("stop")

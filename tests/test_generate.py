@@ -42,6 +42,17 @@ def llama(tiny_model):
     return str(tiny_model("llama"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU each parallel op can stall on a busy core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _argv(model, data, output, *extra):
     return ["--model_name_or_path", model, "--data", str(data), "--output", str(output), "--max_new_tokens", "6",
             *extra]
@@ -152,15 +163,31 @@ def test_contrastive_search_matches_the_textbook_algorithm(llama):
         want = _naive_contrastive(model, tok(prompt)["input_ids"], 5, config["penalty_alpha"], config["top_k"],
                                   tok.eos_token_id, tok.pad_token_id)
         assert got[row].tolist() == want
+    # model.generate's streamer protocol: the prompt first, then one token per step
+    class Collect:
+        def __init__(self):
+            self.puts = []
+
+        def put(self, value):
+            self.puts.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.puts.append("end")
+
+    one = tok(prompts[:1], return_tensors="pt")
+    streamer = Collect()
+    ids = generate_ids(model, dict(one), 5, tok.pad_token_id, streamer=streamer, **config)[0].tolist()
+    assert streamer.puts[0] == one["input_ids"][0].tolist() and streamer.puts[-1] == "end"
+    assert streamer.puts[0] + [t for put in streamer.puts[1:-1] for t in put] == ids
     # alpha -> 0 is greedy search
     greedy = generate_ids(model, dict(enc), 6, tok.pad_token_id, do_sample=False)
-    near_zero = generate_ids(model, dict(enc), 6, tok.pad_token_id, **decoding_config("contrastive", penalty_alpha=1e-9))
+    near_zero = generate_ids(model, dict(enc), 6, tok.pad_token_id,
+                             **decoding_config("contrastive", penalty_alpha=1e-9))
     assert near_zero.tolist() == greedy.tolist()
 
 
 def test_interactive_answers_each_line_until_exit(llama, tmp_path):
-    (model_args, gen_args, _), _ = predict.A.parse(predict.GROUPS, ["--model_name_or_path", llama,
-                                                                    "--max_new_tokens", "5"], prog="generate.py")
+    model_args, gen_args, _ = predict.parse(["--model_name_or_path", llama, "--max_new_tokens", "5", "--interactive"])
     stdout = io.StringIO()
     answered = predict.interactive(model_args, gen_args, stdin=io.StringIO("Add 2 and 3.\n\nSay hi.\nexit\nNot read\n"),
                                    stdout=stdout)
@@ -181,6 +208,8 @@ def test_flag_mistakes_are_one_line_errors(llama, tmp_path):
         predict.run(["--model_name_or_path", llama, "--data", str(tmp_path / "missing.jsonl")])
     with pytest.raises(UnituneError, match="unknown --decoding"):
         predict.run(["--model_name_or_path", llama, "--data", "x.jsonl", "--decoding", "nucleus"])
+    with pytest.raises(UnituneError, match="--top_k of 2"):
+        predict.run(["--model_name_or_path", llama, "--data", "x.jsonl", "--penalty_alpha", "0.5", "--top_k", "1"])
     data = _write_jsonl(tmp_path / "in.jsonl", [{"input": "no instruction"}])
     with pytest.raises(UnituneError, match=r"in.jsonl: line 1: missing field 'instruction'"):
         predict.run(_argv(llama, data, tmp_path / "out.jsonl"))

@@ -68,6 +68,17 @@ def llama(tiny_model):
     return str(tiny_model("llama"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU each parallel op can stall on a busy core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def lora_adapter(llama, tmp_path_factory):
     return _train_adapter(llama, tmp_path_factory.mktemp("lora"))
@@ -95,18 +106,36 @@ def test_merge_lora_writes_a_plain_transformers_model(llama, lora_adapter, tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]
 
 
-def test_merge_qlora_adapter_into_the_unquantized_base(llama, tmp_path):
+@pytest.fixture(scope="module")
+def llama64(tmp_path_factory):
+    """A tiny llama whose linear layers bitsandbytes can quantize on CPU (in_features a multiple of its 64 block)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny import build_tokenizer
+
+    out = tmp_path_factory.mktemp("llama64")
+    tok = build_tokenizer(out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return str(out)
+
+
+def test_merge_qlora_adapter_into_the_unquantized_base(llama64, tmp_path):
     pytest.importorskip("bitsandbytes")
-    adapter = _train_adapter(llama, tmp_path / "qlora", quantization_bit=4)
+    adapter = _train_adapter(llama64, tmp_path / "qlora", quantization_bit=4)
     merged = tmp_path / "merged"
     # the flags of the QLoRA run, --quantization_bit 4 included: merge still reloads the base unquantized
-    result = M.run(["--model_name_or_path", llama, "--lora_dir", adapter, "--merged_dir", str(merged),
+    result = M.run(["--model_name_or_path", llama64, "--lora_dir", adapter, "--merged_dir", str(merged),
                     "--quantization_bit", "4"])
     assert result["max_logit_diff"] <= 1e-3
     config = json.loads((merged / "config.json").read_text())
     assert "quantization_config" not in config
     assert config.get("dtype", config.get("torch_dtype")) == "float32"
-    _assert_plain_load_matches(llama, adapter, merged, 1e-4)
+    _assert_plain_load_matches(llama64, adapter, merged, 1e-4)
 
 
 def test_non_mergeable_adapter_is_refused(llama, tmp_path, capsys):
@@ -119,6 +148,7 @@ def test_non_mergeable_adapter_is_refused(llama, tmp_path, capsys):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama),
                            PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     model.save_pretrained(adapter)
+    capsys.readouterr()  # only what merge.py writes counts
     with pytest.raises(SystemExit) as exit_info:
         merge(["--model_name_or_path", llama, "--lora_dir", str(adapter), "--merged_dir", str(tmp_path / "out")])
     assert exit_info.value.code != 0

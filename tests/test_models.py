@@ -142,8 +142,9 @@ def test_unknown_model_type_lists_the_choices(tiny_model):
 
 
 @pytest.mark.parametrize("family", sorted(REMOTE_CLASSES))
-def test_remote_stand_in_generates_like_a_real_causal_lm(tiny_model, family):
-    """KV cache, left padding and gradient checkpointing of the stand-in behave like a transformers model."""
+def test_remote_stand_in_behaves_like_a_transformers_model(tiny_model, family):
+    """KV cache, left padding, gradient checkpointing and prefix tuning of the stand-in work as for real models."""
+    from peft import PrefixTuningConfig, get_peft_model
     from transformers import AutoTokenizer
 
     model = _base(tiny_model(family), family)
@@ -156,16 +157,26 @@ def test_remote_stand_in_generates_like_a_real_causal_lm(tiny_model, family):
                                max_new_tokens=6, do_sample=False)
         assert torch.equal(alone[0, -6:], cached[row, -6:])
 
-    batch = _batch(tok)
-    model.train()
-    model(**batch).loss.backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    model(**batch).loss.backward()
-    for before, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(p.grad, before)
+    grads = []
+    for checkpointing in (False, True):  # through the loader, as a --gradient_checkpointing run does
+        torch.manual_seed(0)  # same LoRA init both times
+        loaded = load(_model_args(tiny_model, family), mode="train", peft_args=PeftArgs(lora_dropout=0.0),
+                      train_args=TrainArgs(gradient_checkpointing=checkpointing))
+        assert any(getattr(m, "gradient_checkpointing", False) for m in loaded.model.modules()) == checkpointing
+        loaded.model(**_batch(loaded.tokenizer)).loss.backward()
+        grads.append([p.grad for p in loaded.model.parameters() if p.requires_grad])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain)
+
+    # the spec says supports_prefix: peft prefix tuning feeds the stand-in's KV cache
+    assert MODELS[family].supports_prefix
+    prefixed = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    prefixed.train()
+    prefixed(**_batch(tok)).loss.backward()
+    assert all(p.grad is not None for p in prefixed.parameters() if p.requires_grad)
+    prefixed.eval()
+    assert prefixed.generate(**prompts, max_new_tokens=3, do_sample=False).shape[1] == cached.shape[1] - 3
 
 
 @pytest.mark.parametrize("family", ["llama", "chatglm"])

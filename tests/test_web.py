@@ -28,6 +28,19 @@ def chat_model_dir(tiny_model) -> Path:
     return EMBEDDED if (EMBEDDED / "config.json").is_file() else tiny_model("llama")
 
 
+def endless_copy(model_dir: Path, out: Path, min_new_tokens: int = 10000) -> Path:
+    """`model_dir` (linked, not copied) with a generation_config that never ends a reply early: for tests that
+    must catch a reply while it is still streaming, whatever the model has learned."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in Path(model_dir).iterdir():
+        if item.name != "generation_config.json":
+            (out / item.name).symlink_to(item.resolve())
+    config_file = Path(model_dir) / "generation_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    (out / "generation_config.json").write_text(json.dumps({**config, "min_new_tokens": min_new_tokens}))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -52,6 +52,8 @@ class DataArgs:
     eval_data: Optional[list] = flag(None, "held-out sets for exact-match accuracy of base and tuned model; "
                                      "default: the eval files the registered datasets name", nargs="+")
     eval_samples: int = flag(200, "at most this many held-out records are scored")
+    eval_base: bool = flag(True, "also score the untuned base model (false: e.g. one of many runs on one base)")
+    eval_max_new_tokens: Optional[int] = flag(None, "most tokens per held-out answer; default min(256, --cutoff_len)")
     cutoff_len: int = flag(512, "maximum tokens per example; longer ones are truncated")
     val_set_size: float = flag(0, "validation split: a count (>=1) or a fraction (<1)")
     train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")

@@ -80,7 +80,7 @@ class ChatSession:
             except EOFError:
                 return None
             except KeyboardInterrupt:
-                self.say("^C (type 'exit' or press Ctrl-D to leave)\n")
+                self.say(" (type 'exit' or press Ctrl-D to leave)\n")
 
     def reply(self, message: str) -> Optional[str]:
         """Stream the answer to `message`; the full text, or None when nothing was sent or it was interrupted."""

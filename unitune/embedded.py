@@ -99,8 +99,12 @@ def pack(docs: list[str], tokenizer, seq_len: int):
     return torch.tensor(ids[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
 
-def pretrain(model, data, steps: int, batch_size: int, lr: float, seed: int, minutes: float | None = None) -> dict:
-    """Plain AdamW + warm-up + cosine on packed rows; returns loss and timing stats."""
+def pretrain(model, data, steps: int, batch_size: int, lr: float, seed: int, minutes: float | None = None,
+             on_step=None) -> dict:
+    """Plain AdamW + warm-up + cosine on packed rows; returns loss and timing stats.
+
+    `on_step(step, model)`, when given, is called after every optimizer step (e.g. to save snapshots).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -141,6 +145,8 @@ def pretrain(model, data, steps: int, batch_size: int, lr: float, seed: int, min
             steps = max(step + 1, min(steps, int(minutes * 60 / per_step)))
             bar.total = steps
             log.info("time budget %.1f min: %d steps of %.2fs", minutes, steps, per_step)
+        if on_step is not None:
+            on_step(step, model)
         if step % 100 == 0:
             log.info("step %d/%d loss %.3f", step, steps, sum(losses[-100:]) / len(losses[-100:]))
     bar.close()
@@ -151,7 +157,8 @@ def pretrain(model, data, steps: int, batch_size: int, lr: float, seed: int, min
 
 def build(out: str | Path = ROOT / "models" / "unitune-tiny", data_out: str | Path = ROOT / "data" / "synth",
           seed: int = 0, steps: int = 1500, batch_size: int = 16, seq_len: int = 256, lr: float = 2e-3,
-          vocab_size: int = 2048, n_train: int = 4000, n_test: int = 240, minutes: float | None = None) -> dict:
+          vocab_size: int = 2048, n_train: int = 4000, n_test: int = 240, minutes: float | None = None,
+          on_step=None) -> dict:
     """Run the four steps; returns a summary (also written to out/build_info.json)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -177,14 +184,14 @@ def build(out: str | Path = ROOT / "models" / "unitune-tiny", data_out: str | Pa
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("LlamaForCausalLM with %.2fM parameters", n_params / 1e6)
-    stats = pretrain(model, data, steps, batch_size, lr, seed, minutes)
-    # (4) save
     out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    stats = pretrain(model, data, steps, batch_size, lr, seed, minutes, on_step)
+    # (4) save
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=96)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
     write_defaults(out / "unitune_defaults.yaml")
     info = {"parameters": n_params, "vocab_size": len(tokenizer), "seed": seed, "lr": lr, "batch_size": batch_size,
             "seq_len": seq_len, "pretrain_tokens": stats["steps"] * batch_size * seq_len, **stats,

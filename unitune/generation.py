@@ -43,15 +43,29 @@ def is_contrastive(config: dict[str, Any]) -> bool:
             and (config.get("penalty_alpha") or 0) > 0 and (config.get("top_k") or 0) > 1)
 
 
+def check_decoding(config: dict[str, Any]) -> dict[str, Any]:
+    """generate() kwargs made safe for transformers 5 (penalty_alpha outside contrastive search would make it
+    reach for the Hub); a user error raises before any model is loaded when front-ends call this early."""
+    if config.get("penalty_alpha") and not is_contrastive(config):
+        if not config.get("do_sample") and (config.get("num_beams") or 1) == 1:
+            from unitune.errors import UnituneError
+
+            raise UnituneError("--penalty_alpha (contrastive search) needs --top_k of 2 or more")
+        config = {k: v for k, v in config.items() if k != "penalty_alpha"}  # meaningless for sampling / beams
+    return config
+
+
 def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, penalty_alpha: float, top_k: int,
                        eos_token_id: int | list[int] | None, pad_token_id: int, repetition_penalty: float | None = None,
-                       no_repeat_ngram_size: int | None = None, streamer: Any = None, **_ignored: Any):
+                       no_repeat_ngram_size: int | None = None, streamer: Any = None, stopping_criteria: Any = None,
+                       **_ignored: Any):
     """Contrastive search (Su et al. 2022), batched over left-padded rows; returns prompt + new token ids.
 
     transformers 5 moved contrastive search to a Hub `custom_generate` repo that cannot be fetched
     offline, so it lives here: at each step the top_k candidates are scored by
     (1 - alpha) * p(candidate) - alpha * max cosine(candidate hidden state, earlier hidden states),
     all k candidates of every row in one forward pass on a k-fold copy of the KV cache.
+    streamer and stopping_criteria follow model.generate's protocol (the streamer gets the prompt first).
     """
     import torch
     from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
@@ -68,9 +82,16 @@ def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, pe
     # explicit positions: left padding must not shift the real tokens' positions
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, output_hidden_states=True)
+    if getattr(out, "hidden_states", None) is None or getattr(out, "past_key_values", None) is None:
+        from unitune.errors import UnituneError
+
+        raise UnituneError(f"--decoding contrastive needs a model that returns hidden states and a KV cache; "
+                           f"{type(model).__name__} does not: choose another --decoding")
     cache, logits = out.past_key_values, out.logits[:, -1].float()
     context = out.hidden_states[-1]  # (rows, length, hidden): what a candidate must not repeat
     ids, done = input_ids, torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     pick = torch.arange(rows, device=input_ids.device) * k
     for _ in range(max_new_tokens):
         probs = processors(ids, logits).softmax(-1)
@@ -96,6 +117,8 @@ def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, pe
         if streamer is not None:
             streamer.put(token.cpu())
         done |= torch.isin(token, eos)
+        if stopping_criteria is not None:
+            done |= stopping_criteria(ids, None).to(done.device)
         if bool(done.all()):
             break
     if streamer is not None:
@@ -111,12 +134,7 @@ def generate_ids(model, enc: dict, max_new_tokens: int, pad_token_id: int, eos_t
     """
     import torch
 
-    if config.get("penalty_alpha") and not is_contrastive(config):
-        if not config.get("do_sample") and (config.get("num_beams") or 1) == 1:
-            from unitune.errors import UnituneError
-
-            raise UnituneError("--penalty_alpha (contrastive search) needs --top_k of 2 or more")
-        config.pop("penalty_alpha")  # meaningless for sampling / beams; transformers would route to the Hub
+    config = check_decoding(config)
     own_eos = getattr(model.generation_config, "eos_token_id", None)
     config.setdefault("eos_token_id", own_eos if own_eos is not None else eos_token_id)
     with torch.inference_mode():

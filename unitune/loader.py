@@ -142,6 +142,11 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+            # bitsandbytes repacks 4-bit CPU weights at the first eval-mode forward (a validation pass) into
+            # a layout whose matmul has no backward: later training steps would silently lose gradients
+            for module in model.modules():
+                if getattr(module, "support_avx512bf16_for_cpu", False):
+                    module.support_avx512bf16_for_cpu = False
         elif gc:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

@@ -231,9 +231,9 @@ def interactive(model_args, gen_args, stdin=None, stdout=None) -> int:
 
 def run(argv: list[str] | None = None) -> dict:
     model_args, gen_args, predict_args = parse(argv)
-    from unitune.generation import decoding_config
+    from unitune.generation import check_decoding
 
-    decoding_config(gen_args.decoding)  # an unknown preset fails before anything loads
+    check_decoding(gen_args.generate_kwargs())  # an unknown preset or bad mix fails before anything loads
     setup_logging()
     if predict_args.interactive:
         return {"answered": interactive(model_args, gen_args)}

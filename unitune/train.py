@@ -88,8 +88,8 @@ def run(argv: list[str] | None = None) -> dict:
     from unitune.metrics import score_exact_match
 
     results: dict[str, Any] = {}
-    max_new = max(32, min(256, data_args.cutoff_len))
-    if eval_records and is_main_process():
+    max_new = data_args.eval_max_new_tokens or max(32, min(256, data_args.cutoff_len))
+    if eval_records and data_args.eval_base and is_main_process():
         base = load(model_args, mode="infer")
         results["base_accuracy"], _ = score_exact_match(base.model, base.tokenizer, base.template, eval_records,
                                                         max_new)
@@ -138,6 +138,7 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
+    import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from unitune.callbacks import ProgressBar
@@ -168,6 +169,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
         include_num_input_tokens_seen="non_padding",
         bf16="bfloat16" in dtype, fp16="float16" in dtype and "bfloat16" not in dtype,
         dataloader_num_workers=train_args.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         ddp_find_unused_parameters=False if world > 1 else None,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]

@@ -142,6 +142,8 @@ def add_routes(server):
                 yield sse(error_json(err.message, err.type))
                 yield DONE
                 return
+            finally:  # however the response ends, this generation ends with it
+                job.cancel.set()
             yield chunk({}, job.finish_reason)
             if with_usage:
                 yield sse({**head, "object": "chat.completion.chunk", "choices": [],
@@ -181,7 +183,7 @@ def add_routes(server):
             return sse({**body, "usage": None} if with_usage else body)
 
         async def events():
-            used = [0, 0]
+            used, job = [0, 0], first
             try:
                 for index, prompt in enumerate(prompts):
                     job = first if index == 0 else submit(prompt)
@@ -196,6 +198,8 @@ def add_routes(server):
                 yield sse(error_json(err.message, err.type))
                 yield DONE
                 return
+            finally:
+                job.cancel.set()
             if with_usage:
                 yield sse({**head, "choices": [], "usage": usage(*used)})
             yield DONE

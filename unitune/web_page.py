@@ -6,15 +6,18 @@ displays it (in Gradio's messages format), so markdown rendering never leaks bac
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from unitune.web import ApiError
+
+UPDATE_EVERY_S = 0.05
 
 
 def as_messages(pairs: list, pending: Optional[tuple[str, str]] = None) -> list[dict]:
     """(user, assistant) pairs -> Gradio Chatbot messages."""
     out = []
-    for user, assistant in [*pairs, *([pending] if pending else [])]:
+    for user, assistant in [*(pairs or []), *([pending] if pending else [])]:
         out.append({"role": "user", "content": user})
         out.append({"role": "assistant", "content": assistant})
     return out
@@ -36,18 +39,25 @@ def build_page(server):
         if not message:
             yield as_messages(pairs), pairs, ""
             return
-        yield as_messages(pairs, (message, "")), pairs, ""
+        # partial updates leave the history state alone: one arriving after Clear must not revive it
+        yield as_messages(pairs, (message, "")), gr.skip(), ""
         try:
             job = server.chat_job(message, pairs, system, int(max_new), temperature=float(temperature),
                                   top_p=float(top_p))
         except ApiError as err:
             raise gr.Error(err.message) from None
-        reply = ""
-        async for piece in job.pieces():
-            reply += piece
-            yield as_messages(pairs, (message, reply)), pairs, ""
+        reply, shown = "", 0.0
+        try:
+            async for piece in job.pieces():
+                reply += piece
+                # at most ~20 page updates a second: each one re-renders the chat in every browser tab
+                if time.monotonic() - shown >= UPDATE_EVERY_S:
+                    shown = time.monotonic()
+                    yield as_messages(pairs, (message, reply)), gr.skip(), gr.skip()
+        finally:  # Stop / Clear close this generator at a yield: the generation must stop with it
+            job.cancel.set()
         pairs = [*pairs, (message, reply)]
-        yield as_messages(pairs), pairs, ""
+        yield as_messages(pairs), pairs, gr.skip()
 
     async def regenerate(pairs: list, system: str, temperature: float, top_p: float, max_new: float):
         pairs = [tuple(p) for p in (pairs or [])]
@@ -83,7 +93,12 @@ def build_page(server):
         events = [box.submit(answer, [box, pairs, *settings], outputs),
                   send.click(answer, [box, pairs, *settings], outputs),
                   regen.click(regenerate, [pairs, *settings], outputs)]
-        # cancelling a Gradio event cancels its task; Job.pieces then cancels the generation
+        # Stop and Clear cancel the running event (its task, hence its Job). Gradio's page applies the
+        # cancelled event's in-flight updates until the cancel returns, then runs its .then listeners:
+        # redrawing the chat from the history state there makes the page end as the history says
+        # (an unfinished turn is not kept, as in server.py).
+        for event in events:
+            event.then(as_messages, [pairs], [chatbot])
         stop.click(None, cancels=events)
         clear.click(lambda: ([], [], ""), None, outputs, cancels=events)
     page.queue(default_concurrency_limit=None)  # the Engine's queue is the one that bounds work

@@ -16,7 +16,7 @@ which peft reloads the pruned (smaller) matrices.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import cache
 
 from unitune.errors import UnituneError
 from unitune.methods import Method, register
@@ -81,7 +81,7 @@ def rank_budget(model) -> int:
     return sum(int((p != 0).sum()) for n, p in model.named_parameters() if ".lora_E." in n)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _allocator_class():
     from transformers import TrainerCallback  # heavy: only when a run needs the callback
 

@@ -17,6 +17,7 @@ Saved as unitune_adapter.json (flags and the resolved module list) + adapter_mod
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -71,6 +72,7 @@ def validate(method_name: str, spec, model_args, peft_args, train_args=None) -> 
     check_gradient_checkpointing(method_name, spec, train_args)
 
 
+@functools.cache  # one class per process, built on first use so importing this module needs no torch
 def _bottleneck_class():
     import torch
     from torch import nn
@@ -183,7 +185,8 @@ def _config(method_name: str, peft_args, modules: list[str]) -> dict:
     return {"method": method_name, "kind": KINDS[method_name][0], "bottleneck_size": peft_args.bottleneck_size,
             "adapter_non_linearity": peft_args.adapter_non_linearity, "adapter_dropout": peft_args.adapter_dropout,
             "adapter_scaling": str(peft_args.adapter_scaling), "adapter_init": peft_args.adapter_init,
-            "adapter_targets": list(peft_args.adapter_targets or []), "modules": modules}
+            "adapter_targets": list(peft_args.adapter_targets) if peft_args.adapter_targets else None,
+            "modules": modules}
 
 
 def _set_trainable(model, trainable: bool) -> None:

@@ -17,8 +17,13 @@ from pathlib import Path
 
 from unitune.errors import UnituneError
 from unitune.methods import Method, register
-from unitune.methods.checks import (base_config, check_gradient_checkpointing, check_quantization, check_targets,
-                                    num_layers)
+from unitune.methods.checks import (
+    base_config,
+    check_gradient_checkpointing,
+    check_quantization,
+    check_targets,
+    num_layers,
+)
 
 MARKER_FILE = "unitune_adapter.json"  # the loader's OWN_ADAPTER_FILE: load_adapter dispatches on it
 FREEZE_WEIGHTS = "freeze_model.safetensors"

@@ -22,7 +22,8 @@ def validate_qlora(spec, model_args, peft_args, train_args=None) -> None:
         model_args.quantization_bit = 4
     elif model_args.quantization_bit != 4:
         raise UnituneError(f"--peft_type qlora is LoRA on a 4-bit base, not --quantization_bit "
-                           f"{model_args.quantization_bit}: for an 8-bit base use --peft_type lora --quantization_bit 8")
+                           f"{model_args.quantization_bit}: for an 8-bit base use --peft_type lora "
+                           f"--quantization_bit 8")
     check_adapter("qlora", spec, model_args, peft_args, train_args)
 
 
