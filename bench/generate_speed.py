@@ -3,6 +3,7 @@
 
     python bench/generate_speed.py                               # embedded default model, 64 records
     python bench/generate_speed.py --model_name_or_path /tmp/tiny-llama --records 64 --max_new_tokens 32
+    python bench/generate_speed.py --threads 0                   # torch's default thread count
 
 Answers the same records with --batch_size 16 and --batch_size 1 (greedy), asserts the answers are
 identical, and prints both generation times (model loading excluded) and their ratio. The target is a
@@ -67,8 +68,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's); 1 avoids stalls on an oversubscribed CPU")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch; 0: torch's default. 1 by default: a tiny model gains nothing "
+                             "from more, and on a shared, oversubscribed CPU every parallel op can stall")
     args = parser.parse_args()
 
     import torch

@@ -103,3 +103,31 @@ def test_ctrl_c_interrupts_only_the_reply(endless_model):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_stream_equals_batch_stops_and_cancels(model_dir):
+    """The streaming generator both front-ends use: same text as generate_batch, stop strings, cancellation."""
+    from unitune.args import ModelArgs
+    from unitune.generation import generate_batch, stream_generate
+    from unitune.loader import load
+
+    loaded = load(ModelArgs(model_name_or_path=str(model_dir)), mode="infer")
+    model, tok = loaded.model, loaded.tokenizer
+    prompt = loaded.template.prompt_for("Tell me about the quick brown fox.")
+    plain = generate_batch(model, tok, [prompt], max_new_tokens=40)[0]
+    stream = stream_generate(model, tok, prompt, 40)
+    assert "".join(stream) == plain and stream.completion_tokens <= 40
+
+    if len(plain) > 6:  # a stop string taken from the middle of the answer: both cut there, none leaks
+        stop = plain[len(plain) // 2:len(plain) // 2 + 3]
+        cut = generate_batch(model, tok, [prompt], max_new_tokens=40, stops=[stop])[0]
+        stream = stream_generate(model, tok, prompt, 40, stops=[stop])
+        pieces = list(stream)
+        assert "".join(pieces) == cut and stop not in "".join(pieces) and stream.finish_reason == "stop"
+
+    stream = stream_generate(model, tok, prompt, 200, min_new_tokens=200)
+    pieces = []
+    for piece in stream:
+        pieces.append(piece)
+        stream.cancel()  # from the first piece on: generate() stops at its next step
+    assert stream.finish_reason == "cancelled" and stream.completion_tokens < 200

@@ -208,7 +208,8 @@ def bases(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(request, bases, tmp_path_factory):
-    """Train and save every combination this session selected, then reload them all in one fresh process."""
+    """Train and save every combination this session selected (any test parametrized by `combo`), then
+    reload them all in one fresh process."""
     selected = []
     for item in request.session.items:
         combo = getattr(getattr(item, "callspec", None), "params", {}).get("combo")
@@ -250,11 +251,9 @@ def test_trains_saves_and_reloads_in_fresh_process(trained, combo):
     assert reloaded["tokens"] == result["tokens"]
 
 
-@pytest.mark.parametrize("family", DEFAULT_FAMILIES)
-def test_adalora_prunes_rank_budget_to_target(trained, family):
-    result = trained.get((family, "adalora", None))
-    if result is None:
-        pytest.skip("adalora combination not selected in this session")
+@pytest.mark.parametrize("combo", [_param((f, "adalora", None)) for f in DEFAULT_FAMILIES])
+def test_adalora_prunes_rank_budget_to_target(trained, combo):
+    family, result = combo[0], trained[combo]
     peft_args = PeftArgs()
     matrices = len(MODELS[family].lora_targets) * 2  # targets x 2 layers
     initial, target = peft_args.adalora_init_r * matrices, peft_args.lora_r * matrices
@@ -270,10 +269,9 @@ def test_adalora_prunes_rank_budget_to_target(trained, family):
     assert sum(ranks.values()) == target
 
 
-def test_freeze_trains_and_saves_only_the_last_layers(trained):
-    result = trained.get(("llama", "freeze", None))
-    if result is None:
-        pytest.skip("freeze combination not selected in this session")
+@pytest.mark.parametrize("combo", [_param(("llama", "freeze", None))])
+def test_freeze_trains_and_saves_only_the_last_layers(trained, combo):
+    result = trained[combo]
     from safetensors import safe_open
 
     out = Path(result["out"])
@@ -284,10 +282,9 @@ def test_freeze_trains_and_saves_only_the_last_layers(trained):
     assert json.loads((out / "unitune_adapter.json").read_text())["method"] == "freeze"
 
 
-def test_full_saves_a_whole_model(trained):
-    result = trained.get(("llama", "full", None))
-    if result is None:
-        pytest.skip("full combination not selected in this session")
+@pytest.mark.parametrize("combo", [_param(("llama", "full", None))])
+def test_full_saves_a_whole_model(trained, combo):
+    result = trained[combo]
     from unitune.loader import load_adapter
 
     out = Path(result["out"])
@@ -297,16 +294,28 @@ def test_full_saves_a_whole_model(trained):
         load_adapter(None, str(out))
 
 
-@pytest.mark.parametrize("method", ["prefix", "p_tuning", "prompt"])
-def test_prompt_learning_refuses_merge(trained, method):
-    result = trained.get(("llama", method, None))
-    if result is None:
-        pytest.skip("combination not selected in this session")
+@pytest.mark.parametrize("combo", [_param(("llama", m, None)) for m in ("prefix", "p_tuning", "prompt")])
+def test_prompt_learning_refuses_merge(trained, combo):
+    result = trained[combo]
     from unitune.loader import load
 
     base = Path(json.loads((Path(result["out"]) / "adapter_config.json").read_text())["base_model_name_or_path"])
     with pytest.raises(UnituneError, match="cannot be merged"):
         load(ModelArgs(model_name_or_path=str(base), adapter=result["out"]), mode="merge")
+
+
+@pytest.mark.parametrize("combo", [_param(("llama", m, None)) for m in ("adalora", "dora", "rslora", "ia3", "freeze")])
+def test_merge_gives_the_trained_logits(trained, bases, combo):
+    """loader.load(mode="merge"): peft's merge for the peft methods; freeze's load already wrote the weights."""
+    result = trained[combo]
+    from unitune.loader import load
+
+    merged = load(ModelArgs(model_name_or_path=str(bases("llama", False)), adapter=result["out"]), mode="merge")
+    assert not any("lora_" in n or "ia3_" in n for n, _ in merged.model.named_parameters())
+    enc = merged.tokenizer([PROMPT], return_tensors="pt")
+    with torch.no_grad():
+        logits = merged.model(**enc).logits
+    torch.testing.assert_close(logits, torch.load(Path(result["out"]) / "trained_logits.pt"), atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------ refusals before anything is loaded

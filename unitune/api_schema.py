@@ -7,7 +7,7 @@ ignored: OpenAI clients send options this server has no use for (user, logit_bia
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,14 +22,14 @@ class _Request(BaseModel):
 class Sampling(_Request):
     """Decoding options every route accepts; None keeps the server's --decoding preset."""
 
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = Field(None, ge=0)
-    repetition_penalty: Optional[float] = Field(None, gt=0)
-    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)  # accepted for compatibility; not applied
-    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)  # accepted for compatibility; not applied
-    seed: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)  # accepted for compatibility; not applied
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)  # accepted for compatibility; not applied
+    seed: int | None = None
+    stop: str | list[str] | None = None
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens tokens
 
     def decoding(self) -> dict:
@@ -57,8 +57,8 @@ class TextPart(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart], None] = None
-    name: Optional[str] = None
+    content: str | list[TextPart] | None = None
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -73,23 +73,23 @@ class StreamOptions(_Request):
 
 
 class ChatCompletionRequest(Sampling):
-    model: Optional[str] = None
+    model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: StreamOptions | None = None
 
 
 class CompletionRequest(Sampling):
-    model: Optional[str] = None
-    prompt: Union[str, list[str]]
+    model: str | None = None
+    prompt: str | list[str]
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
     n: int = Field(1, ge=1, le=1, description="one choice per prompt")
     echo: bool = False
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: StreamOptions | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -102,10 +102,10 @@ class CompletionRequest(Sampling):
 class GenerateParameters(Sampling):
     """KnowLM's `parameters`; max_tokens and max_new_tokens are the same thing."""
 
-    max_new_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    num_beams: Optional[int] = Field(None, ge=1, le=8)
-    do_sample: Optional[bool] = None
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    num_beams: int | None = Field(None, ge=1, le=8)
+    do_sample: bool | None = None
 
 
 class GenerateRequest(_Request):
@@ -115,9 +115,9 @@ class GenerateRequest(_Request):
 
 
 class GenerateResponse(BaseModel):
-    generated_text: Optional[str]
+    generated_text: str | None
     num_output_tokens: int
-    error: Optional[dict] = None
+    error: dict | None = None
 
 
 class Usage(BaseModel):
@@ -129,11 +129,11 @@ class Usage(BaseModel):
 class ErrorBody(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
-def error_json(message: str, type: str = "invalid_request_error", param: Optional[str] = None,
-               code: Optional[str] = None) -> dict:
+def error_json(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
     """The OpenAI error shape: {"error": {"message", "type", "param", "code"}}."""
     return {"error": ErrorBody(message=message, type=type, param=param, code=code).model_dump()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Optional, TextIO
+from typing import TextIO
 
 from unitune.args import GenerationArgs, ModelArgs, flag, parse
 
@@ -21,22 +21,22 @@ CLEAR_WORDS = ("clear", "/clear")
 @dataclass
 class ChatArgs:
     cutoff_len: int = flag(1024, "most prompt tokens; the oldest turns of the history are dropped to fit")
-    system: Optional[str] = flag(None, "system prompt; default: the template's own", aliases=("--system_prompt",))
+    system: str | None = flag(None, "system prompt; default: the template's own", aliases=("--system_prompt",))
     verbose: bool = flag(False, "show the full prompt the model gets before each reply")
 
 
-def context_window(model) -> Optional[int]:
+def context_window(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def prompt_budget(cutoff_len: int, window: Optional[int], max_new_tokens: int) -> int:
+def prompt_budget(cutoff_len: int, window: int | None, max_new_tokens: int) -> int:
     """Prompt tokens allowed: --cutoff_len, less where the context window must also hold the reply."""
     if not window:
         return cutoff_len
     return min(cutoff_len, window - max_new_tokens if max_new_tokens < window else window // 2)
 
 
-def fit_history(template, tokenizer, message: str, history: list, system: Optional[str] = None,
+def fit_history(template, tokenizer, message: str, history: list, system: str | None = None,
                 cutoff_len: int = 1024, input: str = "") -> tuple[str, list, int]:
     """The prompt answering `message` after `history`, oldest turns dropped until it fits `cutoff_len` tokens.
 
@@ -68,7 +68,7 @@ class ChatSession:
         self.stdout.write(text)
         self.stdout.flush()
 
-    def read(self) -> Optional[str]:
+    def read(self) -> str | None:
         """One user line; None at end of input. Ctrl-C at the prompt only starts a new line."""
         while True:
             try:
@@ -82,7 +82,7 @@ class ChatSession:
             except KeyboardInterrupt:
                 self.say(" (type 'exit' or press Ctrl-D to leave)\n")
 
-    def reply(self, message: str) -> Optional[str]:
+    def reply(self, message: str) -> str | None:
         """Stream the answer to `message`; the full text, or None when nothing was sent or it was interrupted."""
         from unitune.generation import stream_generate
 
@@ -120,6 +120,10 @@ class ChatSession:
         return "".join(pieces)
 
     def loop(self) -> None:
+        try:
+            import readline  # noqa: F401  (input() then offers line editing and recall)
+        except ImportError:
+            pass
         self.say("Chat with the model. Commands: 'clear' forgets the history, 'exit' or 'stop' leaves; "
                  "Ctrl-C interrupts a reply.\n")
         while True:
@@ -136,12 +140,16 @@ class ChatSession:
                 self.history = []
                 self.say("(history cleared)\n")
                 continue
-            answer = self.reply(message)
+            try:
+                answer = self.reply(message)
+            except KeyboardInterrupt:  # before the reply started streaming (reply() handles it after)
+                self.say(" [interrupted]\n")
+                continue
             if answer is not None:
                 self.history.append((message, answer))
 
 
-def run(argv: Optional[list[str]] = None) -> None:
+def run(argv: list[str] | None = None) -> None:
     from unitune.loader import check_model_args, load
 
     (model_args, gen_args, chat_args), _ = parse(

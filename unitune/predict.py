@@ -122,7 +122,8 @@ def read_done(output: Path, raws: list[Any], data_path: Path) -> dict[int, dict]
         index = record["_index"]
         if not isinstance(index, int) or not 0 <= index < len(raws):
             raise UnituneError(f"{where}: answers record {index}, but {data_path} has {len(raws)} records "
-                               f"(input changed?); remove {output} or choose another --output")
+                               f"(input changed, or a lower --max_samples?); remove {output} or choose another "
+                               f"--output")
         if record["_hash"] != record_hash(raws[index]):
             raise UnituneError(f"{where}: answers a different record {index} than {data_path} now holds "
                                f"(input changed); remove {output} or choose another --output")
@@ -151,6 +152,8 @@ def batch_predict(model_args, gen_args, predict_args) -> dict:
     gen_kwargs = gen_args.generate_kwargs()
     data_path, raws, records = read_input(predict_args.data, predict_args.max_samples)
     output = Path(predict_args.output) if predict_args.output else default_output(predict_args.data)
+    if output.resolve() == data_path.resolve():
+        raise UnituneError(f"--output {output} is the input file; choose another --output")
     done = read_done(output, raws, data_path)
     todo = [i for i in range(len(raws)) if i not in done]
     stats = {"records": len(raws), "resumed": len(done), "generated": 0, "seconds": 0.0, "new_tokens": 0,

@@ -15,9 +15,10 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any
 
 from unitune.args import GenerationArgs, ModelArgs, flag, parse
 from unitune.chat import ChatArgs, context_window, fit_history, prompt_budget
@@ -31,19 +32,19 @@ _DONE = object()
 class ServeArgs:
     host: str = flag("127.0.0.1", "address to bind; 0.0.0.0 exposes the page and the API to the network")
     port: int = flag(7860, "port of the page and the API")
-    api_key: Optional[str] = flag(None, "require 'Authorization: Bearer <key>' on /v1 and /generate and the key as "
-                                        "password on the page; default: $UNITUNE_API_KEY")
+    api_key: str | None = flag(None, "require 'Authorization: Bearer <key>' on /v1 and /generate and the key as "
+                                     "password on the page; default: $UNITUNE_API_KEY")
     share: bool = flag(False, "also open a public Gradio share link (needs internet)")
     max_queue: int = flag(8, "requests waiting for the model at most; more are answered 503")
-    served_model_name: Optional[str] = flag(None, "model id the API reports; default: the adapter's (or base's) "
-                                                  "directory name")
+    served_model_name: str | None = flag(None, "model id the API reports; default: the adapter's (or base's) "
+                                               "directory name")
 
 
 class ApiError(Exception):
     """A request the server refuses: HTTP status plus the OpenAI error fields."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None) -> None:
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -56,13 +57,14 @@ class Job:
     max_new_tokens: int
     stops: tuple = ()
     gen_kwargs: dict = field(default_factory=dict)
-    seed: Optional[int] = None
+    seed: int | None = None
     strip: bool = True
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
+    cleared: bool = False  # the page's Clear stopped it: its chat ends empty
 
     def _bind(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -74,7 +76,7 @@ class Job:
         except RuntimeError:  # the event loop is gone: the server is shutting down
             self.cancel.set()
 
-    async def pieces(self, disconnected: Optional[Callable[[], Awaitable[bool]]] = None) -> AsyncIterator[str]:
+    async def pieces(self, disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
         """The text pieces; leaving early (or the client leaving) cancels this job and no other."""
         try:
             while True:
@@ -107,7 +109,7 @@ class Engine:
         self.thread.start()
 
     @property
-    def context_window(self) -> Optional[int]:
+    def context_window(self) -> int | None:
         return context_window(self.loaded.model)
 
     def submit(self, job: Job) -> Job:
@@ -162,7 +164,7 @@ class Server:
     def count(self, text: str) -> int:
         return len(self.loaded.tokenizer(text)["input_ids"])
 
-    def decoding(self, min_new_tokens: Optional[int] = None, temperature=None, top_p=None, top_k=None,
+    def decoding(self, min_new_tokens: int | None = None, temperature=None, top_p=None, top_k=None,
                  repetition_penalty=None, num_beams=None, do_sample=None) -> dict:
         """The server's decoding preset overridden by a request; temperature 0 means greedy.
 
@@ -188,19 +190,22 @@ class Server:
                 kwargs.pop("top_k", None)
         return kwargs
 
-    def budget(self, prompt_tokens: int, max_tokens: Optional[int], param: str = "max_tokens") -> int:
+    def budget(self, prompt_tokens: int, max_tokens: int | None, param: str = "max_tokens") -> int:
         """max_new_tokens for a prompt: the request's (refused beyond the context window) or the default (cut)."""
         window = self.engine.context_window
         room = None if window is None else window - prompt_tokens
+        if room is not None and room < 1:
+            raise ApiError(400, f"this model's maximum context length is {window} tokens and the prompt alone has "
+                                f"{prompt_tokens}", code="context_length_exceeded")
         if max_tokens is None:
             max_tokens = self.gen_args.max_new_tokens if room is None else min(self.gen_args.max_new_tokens, room)
-        if room is not None and (max_tokens > room or room < 1):
+        if room is not None and max_tokens > room:
             raise ApiError(400, f"this model's maximum context length is {window} tokens; the prompt has "
                                 f"{prompt_tokens} and {param} asks for {max_tokens} more", param=param,
                            code="context_length_exceeded")
         return max_tokens
 
-    def chat_job(self, message: str, history: list, system: Optional[str], max_tokens: Optional[int],
+    def chat_job(self, message: str, history: list, system: str | None, max_tokens: int | None,
                  stops=(), seed=None, input: str = "", ignore_eos: bool = False, **decoding) -> Job:
         """A templated multi-turn job; the oldest turns are dropped to fit --cutoff_len (as in server.py)."""
         template, cutoff = self.loaded.template, self.chat_args.cutoff_len
@@ -241,8 +246,8 @@ def model_id_for(model_args: ModelArgs, serve_args: ServeArgs) -> str:
     return Path(model_args.adapter or model_args.base_path).resolve().name or "unitune"
 
 
-def create_app(loaded, gen_args: Optional[GenerationArgs] = None, chat_args: Optional[ChatArgs] = None,
-               serve_args: Optional[ServeArgs] = None, model_id: str = "unitune", page: bool = True):
+def create_app(loaded, gen_args: GenerationArgs | None = None, chat_args: ChatArgs | None = None,
+               serve_args: ServeArgs | None = None, model_id: str = "unitune", page: bool = True):
     """The FastAPI app (API routes, plus the Gradio page mounted at / unless page=False); for tests and run()."""
     from unitune.web_api import add_routes
 
@@ -262,7 +267,7 @@ def create_app(loaded, gen_args: Optional[GenerationArgs] = None, chat_args: Opt
     return app
 
 
-def run(argv: Optional[list[str]] = None) -> None:
+def run(argv: list[str] | None = None) -> None:
     from unitune.loader import check_model_args, load
 
     (model_args, gen_args, chat_args, serve_args), _ = parse(

@@ -9,10 +9,15 @@ import hmac
 import json
 import time
 import uuid
-from typing import Optional
 
-from unitune.api_schema import (ChatCompletionRequest, CompletionRequest, GenerateRequest, GenerateResponse, Usage,
-                                error_json)
+from unitune.api_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    GenerateResponse,
+    Usage,
+    error_json,
+)
 from unitune.web import ApiError, Job
 
 DONE = "data: [DONE]\n\n"
@@ -43,7 +48,7 @@ async def parse_body(request, model):
         raise ApiError(400, f"{where or 'body'}: {first['msg']}{more}", param=where or None) from None
 
 
-def split_messages(messages) -> tuple[Optional[str], list, str]:
+def split_messages(messages) -> tuple[str | None, list, str]:
     """OpenAI messages -> (system text or None, [(user, assistant)] history, last user message)."""
     system, history, pending = [], [], []
     for message in messages:
@@ -128,7 +133,7 @@ def add_routes(server):
                     "usage": usage(job.prompt_tokens, job.completion_tokens)}
         with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(delta: dict, finish: Optional[str] = None) -> str:
+        def chunk(delta: dict, finish: str | None = None) -> str:
             body = {**head, "object": "chat.completion.chunk",
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return sse({**body, "usage": None} if with_usage else body)
@@ -178,7 +183,7 @@ def add_routes(server):
         with_usage = bool(req.stream_options and req.stream_options.include_usage)
         first = submit(prompts[0])
 
-        def chunk(index: int, text: str, finish: Optional[str] = None) -> str:
+        def chunk(index: int, text: str, finish: str | None = None) -> str:
             body = {**head, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
             return sse({**body, "usage": None} if with_usage else body)
 
