@@ -175,9 +175,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                                      allow_abbrev=False,
                                      epilog="Other flags go to every fine-tune run (see uniform_finetune.py --help).")
     parser.add_argument("--methods", nargs="+", help="methods to compare (default: every registered one)")
-    parser.add_argument("--max_steps", type=int, default=40, help="optimizer steps per method (default: 40)")
-    parser.add_argument("--eval_samples", type=int, default=100,
-                        help="held-out records scored per run, base and tuned (default: 100)")
+    parser.add_argument("--max_steps", type=int, default=30, help="optimizer steps per method (default: 30)")
+    parser.add_argument("--eval_samples", type=int, default=64,
+                        help="held-out records scored per run (default: 64; the base is scored once)")
     parser.add_argument("--eval_max_new_tokens", type=int, default=64,
                         help="most tokens per held-out answer (default: 64; unitune-synth answers are shorter)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "compare"), help="output folder")

@@ -90,19 +90,28 @@ def _allocator_class():
 
         def __init__(self, peft_args, total_steps: int):
             self.peft_args = peft_args
+            self.active = True
             schedule(peft_args, total_steps)  # refuse a bad schedule before the first step
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             config = model.peft_config[model.base_model.trainable_adapter_name]
             config.tinit, config.tfinal = schedule(self.peft_args, state.max_steps)
             config.total_step = state.max_steps
-            log.info("AdaLoRA: %d ranks pruned toward %d over steps %d-%d of %d", rank_capacity(model),
-                     model.base_model.rankallocator.target_bgt, config.tinit, state.max_steps - config.tfinal,
-                     state.max_steps)
+            allocator = model.base_model.rankallocator
+            # a saved adapter trained further (--adapter) comes back already pruned: peft counted the budget
+            # before resizing to the saved ranks, and would prune the survivors once more
+            allocator.init_bgt = rank_capacity(model)
+            self.active = allocator.init_bgt > allocator.target_bgt
+            if not self.active:
+                log.info("AdaLoRA: the adapter is already at its target budget of %d ranks", allocator.target_bgt)
+                return
+            log.info("AdaLoRA: %d ranks pruned toward %d over steps %d-%d of %d", allocator.init_bgt,
+                     allocator.target_bgt, config.tinit, state.max_steps - config.tfinal, state.max_steps)
 
         def on_optimizer_step(self, args, state, control, model=None, **kwargs):
             # after optimizer.step(), before zero_grad(): importance scores read the fresh gradients
-            model.base_model.update_and_allocate(state.global_step)
+            if self.active:
+                model.base_model.update_and_allocate(state.global_step)
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             log.info("AdaLoRA: %d of %d ranks kept", rank_budget(model), rank_capacity(model))

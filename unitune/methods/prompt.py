@@ -117,7 +117,7 @@ def init_from_text(peft_model, text: str) -> None:
 
 register(Method("prefix", build_prefix, mergeable=False, validate=validate_prefix, aliases=("prefix_tuning",),
                 description="prefix tuning: learned key/value prefixes at every layer (peft)"))
-register(Method("p_tuning", build_p_tuning, mergeable=False, validate=validate_p_tuning, aliases=("ptuning",),
+register(Method("p_tuning", build_p_tuning, mergeable=False, validate=validate_p_tuning,
                 description="P-tuning: virtual-token embeddings from an MLP or LSTM prompt encoder (peft)"))
 register(Method("prompt", build_prompt, mergeable=False, validate=validate_prompt, aliases=("prompt_tuning",),
                 description="prompt tuning: virtual-token embeddings learned directly (peft)"))
