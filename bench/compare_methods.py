@@ -94,6 +94,8 @@ def run_method(method: str, run_dir: Path, common: list[str], timeout: float) ->
     row.update({k: results.get(k) for k in ("trainable_parameters", "final_loss", "base_accuracy",
                                             "tuned_accuracy", "train_seconds")})
     row["loss_curve"] = read_losses(run_dir / "loss_log.jsonl")
+    tail = [loss for _, loss in row["loss_curve"][-10:]]  # one batch's loss is noisy; the table shows this mean
+    row["tail_loss"] = sum(tail) / len(tail) if tail else None
     if code == 0 and outcome.get("ok") and _finite(row["final_loss"]):
         row["status"] = "ok"
     elif code == 0 and outcome.get("ok"):
@@ -129,16 +131,16 @@ def _percent(value) -> str:
 
 def markdown(rows: list[dict], settings: dict) -> str:
     accuracy = any(r.get("tuned_accuracy") is not None for r in rows)
-    head = ["method", "trainable params", "final train loss"]
+    head = ["method", "trainable params", "train loss (last 10 steps)"]
     head += ["held-out exact match"] if accuracy else []
     head += ["train s", "wall s", "peak RSS MiB", "status"]
     lines = [f"Fine-tune of every PEFT method: {settings['max_steps']} steps each on {settings['model']} "
              f"with {settings['data']} ({settings['cpus']} CPUs{', ' + settings['gpu'] if settings['gpu'] else ''}).",
              *([f"Held-out exact match of the untuned base: {_percent(settings['base_accuracy'])}."]
-               if accuracy else []),
+               if accuracy and settings["base_accuracy"] is not None else []),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], _num(r.get("trainable_parameters"), ","), _num(r.get("final_loss"), ".4f")]
+        cells = [r["method"], _num(r.get("trainable_parameters"), ","), _num(r.get("tail_loss"), ".4f")]
         if accuracy:
             cells.append(_percent(r.get("tuned_accuracy")))
         cells += [_num(r.get("train_seconds"), ".1f"), _num(r.get("wall_seconds"), ".1f"),
@@ -154,11 +156,13 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.get_cmap("tab20").colors  # 14+ methods: the default 10-color cycle would repeat
+    for i, r in enumerate(rows):
         if r["loss_curve"]:
             steps, losses = zip(*r["loss_curve"])
-            ax.plot(steps, losses, label=r["method"], marker="." if len(steps) < 20 else None)
+            ax.plot(steps, losses, label=r["method"], color=colors[(2 * i) % 20 + (i // 10) % 2],
+                    linestyle=("-", "--", ":")[i % 3], marker="." if len(steps) < 20 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("training loss by PEFT method")
@@ -175,7 +179,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                                      allow_abbrev=False,
                                      epilog="Other flags go to every fine-tune run (see uniform_finetune.py --help).")
     parser.add_argument("--methods", nargs="+", help="methods to compare (default: every registered one)")
-    parser.add_argument("--max_steps", type=int, default=30, help="optimizer steps per method (default: 30)")
+    parser.add_argument("--max_steps", type=int, default=60, help="optimizer steps per method (default: 60)")
     parser.add_argument("--eval_samples", type=int, default=64,
                         help="held-out records scored per run (default: 64; the base is scored once)")
     parser.add_argument("--eval_max_new_tokens", type=int, default=64,

@@ -42,17 +42,6 @@ def llama(tiny_model):
     return str(tiny_model("llama"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU each parallel op can stall on a busy core."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _argv(model, data, output, *extra):
     return ["--model_name_or_path", model, "--data", str(data), "--output", str(output), "--max_new_tokens", "6",
             *extra]

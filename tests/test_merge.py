@@ -68,17 +68,6 @@ def llama(tiny_model):
     return str(tiny_model("llama"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU each parallel op can stall on a busy core."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lora_adapter(llama, tmp_path_factory):
     return _train_adapter(llama, tmp_path_factory.mktemp("lora"))

@@ -235,11 +235,10 @@ class TextStream:
         # beam search cannot stream: its best beam is only known at the end
         beams = self.gen_kwargs.get("num_beams", 1) > 1
         try:
-            with torch.inference_mode():
-                seq = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, streamer=None if beams else Feed(),
-                                          stopping_criteria=StoppingCriteriaList([Halt()]),
-                                          pad_token_id=self.tokenizer.pad_token_id,
-                                          eos_token_id=self.tokenizer.eos_token_id, **self.gen_kwargs)
+            # through generate_ids, so contrastive search and the checkpoint's own eos list work here too
+            seq = generate_ids(self.model, dict(enc), self.max_new_tokens, self.tokenizer.pad_token_id,
+                               self.tokenizer.eos_token_id, streamer=None if beams else Feed(),
+                               stopping_criteria=StoppingCriteriaList([Halt()]), **self.gen_kwargs)
             if beams:
                 out.put(seq[0, enc["input_ids"].shape[1]:].tolist())
         except BaseException as err:  # handed to the reader, who raises it

@@ -280,53 +280,78 @@ def generate(seed: int = 0, n_train: int = 4000, n_test: int = 240) -> tuple[lis
 
 # ---------------------------------------------------------------- pretraining prose
 def prose(p: Problem, lang: str, rng: random.Random) -> str:
-    """The problem worked out in running text: the skill, without the instruction layout or answer line."""
+    """The problem worked out in running text: the task named first, then the same steps as the rationale,
+    then the result in a sentence; never the instruction layout or an answer line."""
     zh = lang == "zh"
+    pick = rng.choice
     if p.family == "arithmetic":
         a, op1, b, first, op2, c, result = p.data
+        steps = f"{a} {op1} {b} = {first}，然后 {first} {op2} {c} = {result}" if zh else \
+            f"{a} {op1} {b} = {first}, then {first} {op2} {c} = {result}"
         if zh:
-            return rng.choice([f"算式 {p.key} 这样算：{a} {op1} {b} = {first}，然后 {first} {op2} {c} = {result}，"
-                               f"所以结果是 {result}。",
-                               f"先算 {a} {op1} {b} = {first}，再算 {first} {op2} {c} = {result}，{p.key} 等于 {result}。"])
-        return rng.choice([f"To work out {p.key}, first {a} {op1} {b} = {first}, then {first} {op2} {c} = {result}, "
-                           f"so it comes to {result}.",
-                           f"We have {a} {op1} {b} = {first} and {first} {op2} {c} = {result}, "
-                           f"which means {p.key} is {result}."])
+            return pick([f"计算 {p.key}：先算 {steps}，所以结果是 {result}。",
+                         f"算式 {p.key} 这样算：{steps}，{p.key} 等于 {result}。"])
+        return pick([f"To work out {p.key}, first {steps}, so it comes to {result}.",
+                     f"Calculating {p.key}: {steps}. The result is {result}."])
     if p.family == "string":
         word = p.key
         if p.kind.startswith("zh_"):
-            chars = "、".join(word)
+            chars, rchars = "、".join(word), "、".join(word[::-1])
             if p.kind == "zh_reverse":
-                return f"“{word}”逐字拆开是{chars}，倒过来读是{'、'.join(word[::-1])}，也就是“{word[::-1]}”。"
-            return f"“{word}”逐字拆开是{chars}，共有 {len(word)} 个字。"
-        spelled = _spell(word)
+                return pick([f"把“{word}”倒过来：逐字拆开是{chars}，倒过来是{rchars}，也就是“{word[::-1]}”。",
+                             f"“{word}”逐字拆开是{chars}，倒序是{rchars}，写成“{word[::-1]}”。"])
+            return pick([f"数一数“{word}”有几个字：逐字拆开是{chars}，共有 {len(word)} 个字。",
+                         f"“{word}”逐字拆开是{chars}，一共 {len(word)} 个字。"])
+        spelled, back, up = _spell(word), _spell(word[::-1]), _spell(word.upper())
         if p.kind == "reverse":
-            return (f"单词 {word} 的拼写是 {spelled}，倒过来是 {_spell(word[::-1])}，写作 {word[::-1]}。" if zh
-                    else f"The word {word} is spelled {spelled}; backwards that is {_spell(word[::-1])}, "
-                         f"written {word[::-1]}.")
+            return (pick([f"把单词 {word} 倒过来写：字母是 {spelled}，倒过来是 {back}，写作 {word[::-1]}。",
+                          f"单词 {word} 的拼写是 {spelled}，反转后是 {back}，也就是 {word[::-1]}。"]) if zh else
+                    pick([f"Reversing the word {word}: it is spelled {spelled}, backwards {back}, "
+                          f"written {word[::-1]}.",
+                          f"Written backwards, the word {word} ({spelled}) is {back}, so {word[::-1]}.",
+                          f"The word {word} is spelled {spelled}; in reverse order that is {back}, so {word[::-1]}."]))
         if p.kind == "count":
-            return (f"单词 {word} 的拼写是 {spelled}，共有 {len(word)} 个字母。" if zh
-                    else f"The word {word} is spelled {spelled}, so it has {len(word)} letters.")
-        return (f"单词 {word} 的拼写是 {spelled}，大写字母是 {_spell(word.upper())}，写作 {word.upper()}。" if zh
-                else f"The word {word} is spelled {spelled}; in capitals it is {_spell(word.upper())}, "
-                     f"written {word.upper()}.")
+            return (pick([f"数一数单词 {word} 的字母：{spelled}，共有 {len(word)} 个字母。",
+                          f"单词 {word} 的拼写是 {spelled}，所以有 {len(word)} 个字母。"]) if zh else
+                    pick([f"Counting the letters of {word}: {spelled}, which makes {len(word)} letters.",
+                          f"How many letters does {word} have? It is spelled {spelled}, so {len(word)} letters.",
+                          f"The word {word} is spelled {spelled}, so it has {len(word)} letters."]))
+        return (pick([f"把单词 {word} 写成大写：字母是 {spelled}，大写是 {up}，写作 {word.upper()}。",
+                      f"单词 {word} 的拼写是 {spelled}，转成大写字母是 {up}，即 {word.upper()}。"]) if zh else
+                pick([f"In upper case, the word {word} ({spelled}) becomes {up}, written {word.upper()}.",
+                      f"Written in capital letters, the word {word} ({spelled}) is {up}, so {word.upper()}.",
+                      f"The word {word} is spelled {spelled}; in capital letters it is {up}, so {word.upper()}."]))
     if p.family == "list":
         nums = p.data
         listed = ", ".join(map(str, nums))
+        ordered = ", ".join(map(str, sorted(nums)))
         if p.kind == "sort":
-            ordered = ", ".join(map(str, sorted(nums)))
-            return (f"把 {listed} 从小到大排好是 {ordered}。" if zh
-                    else f"Putting {listed} in order from smallest to largest gives {ordered}.")
+            chain = " < ".join(map(str, sorted(nums)))
+            return (pick([f"把 {listed} 从小到大排序：{chain}，排好是 {ordered}。",
+                          f"{listed} 按升序排列是 {chain}，也就是 {ordered}。"]) if zh else
+                    pick([f"Sorting {listed} from smallest to largest: {chain}, which gives {ordered}.",
+                          f"In ascending order, {listed} becomes {chain}, that is {ordered}."]))
         if p.kind == "max":
-            running = ", ".join(map(str, _running_max(nums)))
-            return (f"在 {listed} 里，逐个比较的最大值是 {running}，最大的是 {max(nums)}。" if zh
-                    else f"Going through {listed}, the running maximum is {running}, so the largest is {max(nums)}.")
-        return (f"{listed} 的和：{_sum_steps(nums, '，')}，总共是 {sum(nums)}。" if zh
-                else f"The sum of {listed}: {_sum_steps(nums, ', ')}, a total of {sum(nums)}.")
+            running = _running_max(nums)
+            zh_run, en_run = "、".join(map(str, running)), ", ".join(map(str, running))
+            return (pick([f"找出 {listed} 中最大的数：当前最大值依次是 {zh_run}，最大的是 {max(nums)}。",
+                          f"在 {listed} 里逐个比较，最大值依次是 {zh_run}，所以最大的是 {max(nums)}。"])
+                    if zh else
+                    pick([f"To find the largest of {listed}, the running maximum is {en_run}, "
+                          f"so the biggest is {max(nums)}.",
+                          f"Going through {listed}, the running maximum is {en_run}; "
+                          f"the largest number is {max(nums)}."]))
+        return (pick([f"把 {listed} 加起来：{_sum_steps(nums, '，')}，和是 {sum(nums)}。",
+                      f"{listed} 的和：依次相加 {_sum_steps(nums, '，')}，总共是 {sum(nums)}。"]) if zh else
+                pick([f"Adding up {listed}: {_sum_steps(nums, ', ')}, so the sum is {sum(nums)}.",
+                      f"The sum of {listed}: {_sum_steps(nums, ', ')}, a total of {sum(nums)}."]))
     head, rel, tail = p.data
     if zh:
-        return f"{p.key}这句话里，主语是{head}，关系是{rel}，宾语是{tail}。"
-    return f"{p.key} In this sentence the subject is {head}, the relation is {rel} and the object is {tail}."
+        return pick([f"{p.key}这句话里，主语是{head}，关系是{rel}，宾语是{tail}。",
+                     f"从“{p.key}”中抽取三元组：主体是{head}，关系是{rel}，客体是{tail}，即{p.answer}。"])
+    return pick([f"{p.key} In this sentence the subject is {head}, the relation is {rel} and the object is {tail}.",
+                 f"Extracting the triple from \"{p.key}\": the head is {head}, the relation is {rel}, "
+                 f"and the tail is {tail}, so the triple is {p.answer}."])
 
 
 _EN_FOOD = "apples bread rice noodles soup cake cheese grapes pears fish".split()
@@ -344,8 +369,10 @@ def sentence(rng: random.Random, lang: str) -> str:
     if lang == "zh":
         name = rng.choice(ZH_SURNAMES) + rng.choice(ZH_GIVEN)
         return rng.choice([
-            f"{name}喜欢吃{rng.choice(_ZH_FOOD)}。", f"今天{rng.choice(ZH_CITIES)}的天气很{rng.choice(_ZH_WEATHER)}。",
-            f"{name}每天去{rng.choice(_ZH_PLACES)}散步。", f"一只{rng.choice(_ZH_ANIMALS)}在{rng.choice(_ZH_PLACES)}里睡觉。",
+            f"{name}喜欢吃{rng.choice(_ZH_FOOD)}。",
+            f"今天{rng.choice(ZH_CITIES)}的天气很{rng.choice(_ZH_WEATHER)}。",
+            f"{name}每天去{rng.choice(_ZH_PLACES)}散步。",
+            f"一只{rng.choice(_ZH_ANIMALS)}在{rng.choice(_ZH_PLACES)}里睡觉。",
             f"{name}有 {rng.randint(2, 9)} 本书。", f"{name}和朋友一起去了{rng.choice(ZH_CITIES)}。",
             f"{rng.choice(ZH_WORDS)}和{rng.choice(ZH_WORDS)}都很常见。",
         ])
@@ -377,9 +404,9 @@ def pretrain_documents(seed: int, n_docs: int, exclude: set[str] | frozenset = f
         for _ in range(rng.randint(4, 10)):
             lang = doc_lang if rng.random() < 0.8 else rng.choice(LANGS)
             roll = rng.random()
-            if roll < 0.15:
+            if roll < 0.08:
                 items.append(sentence(rng, lang))
-            elif roll < 0.25:
+            elif roll < 0.18:
                 items.append(spelling(rng, lang))
             else:
                 family = rng.choice(FAMILIES)
