@@ -101,9 +101,13 @@ def run_method(method: str, run_dir: Path, common: list[str], timeout: float) ->
     elif code == 0 and outcome.get("ok"):
         row["status"], row["error"] = "failed", f"no finite training loss ({row['final_loss']})"
     else:
-        row["status"] = "failed"
-        row["error"] = (f"timed out after {timeout:.0f} s" if code is None
-                        else outcome.get("error") or last_line(run_dir / "run.log") or f"exit status {code}")
+        row["status"], row["exit_status"] = "failed", code
+        if code is None:
+            row["error"] = f"timed out after {timeout:.0f} s"
+        elif code < 0:  # no report: the process died from a signal (killed, out of memory, segfault)
+            row["error"] = f"killed by signal {-code}"
+        else:
+            row["error"] = outcome.get("error") or last_line(run_dir / "run.log") or f"exit status {code}"
     for checkpoint in run_dir.glob("checkpoint-*"):  # full optimizer states: only resuming needs them
         shutil.rmtree(checkpoint, ignore_errors=True)
     return row
@@ -117,7 +121,9 @@ def read_losses(path: Path) -> list[list[float]]:
 
 
 def last_line(path: Path) -> str:
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    """The log's last line that is not a progress bar: usually the exception of a crash."""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+             if ln.strip() and "it/s]" not in ln and "step/s" not in ln]
     return lines[-1] if lines else ""
 
 

@@ -120,7 +120,10 @@ def test_shipped_model_loads_and_generates():
 def test_defaults_name_real_flags():
     from unitune.args import DataArgs, ModelArgs, PeftArgs, TrainArgs, load_yaml, parse
 
+    from unitune.embedded import FINETUNE_DEFAULTS
+
     defaults = load_yaml(str(MODEL_DIR / "unitune_defaults.yaml"))
+    assert defaults == FINETUNE_DEFAULTS, "the shipped defaults must be what `python -m unitune.embedded` writes"
     (_, data, peft_args, train), _ = parse([ModelArgs, DataArgs, PeftArgs, TrainArgs],
                                            ["--config", str(MODEL_DIR / "unitune_defaults.yaml")], prog="test")
     assert peft_args.lora_r == defaults["lora_r"]

@@ -35,9 +35,9 @@ MODEL_CONFIG = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
 
 # Flags of the no-argument `python uniform_finetune.py` on this model (written as unitune_defaults.yaml).
 FINETUNE_DEFAULTS = {
-    "learning_rate": 2.0e-3,
-    "epochs": 1,
-    "max_steps": 250,
+    "learning_rate": 4.0e-3,
+    "epochs": 1,  # max_steps wins: 600 steps of 16 are 2.4 passes over the 4,000 default records
+    "max_steps": 600,  # about 2.5 minutes on 2 idle CPU cores
     "per_gpu_train_batch_size": 16,
     "gradient_accumulation_steps": 1,
     "lr_scheduler_type": "cosine",
@@ -46,7 +46,7 @@ FINETUNE_DEFAULTS = {
     "lora_alpha": 16,
     "lora_dropout": 0.0,
     "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "cutoff_len": 128,
+    "cutoff_len": 128,  # the longest default record is 112 tokens; it also bounds generation in the report
 }
 
 
@@ -156,7 +156,7 @@ def pretrain(model, data, steps: int, batch_size: int, lr: float, seed: int, min
 
 
 def build(out: str | Path = ROOT / "models" / "unitune-tiny", data_out: str | Path = ROOT / "data" / "synth",
-          seed: int = 0, steps: int = 1500, batch_size: int = 16, seq_len: int = 256, lr: float = 2e-3,
+          seed: int = 0, steps: int = 1800, batch_size: int = 16, seq_len: int = 256, lr: float = 2e-3,
           vocab_size: int = 2048, n_train: int = 4000, n_test: int = 240, minutes: float | None = None,
           on_step=None) -> dict:
     """Run the four steps; returns a summary (also written to out/build_info.json)."""
@@ -233,7 +233,7 @@ def write_defaults(path: Path) -> None:
         if isinstance(value, list):
             value = "[" + ", ".join(value) + "]"
         elif isinstance(value, float):
-            value = f"{value:.1e}" if value < 0.01 else repr(value)
+            value = f"{value:.1e}" if 0 < value < 0.01 else repr(value)
         lines.append(f"{key}: {value}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "models" / "unitune-tiny"), help="model folder")
     parser.add_argument("--data_out", default=str(ROOT / "data" / "synth"), help="instruction data folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, tokenizer and weights (default: 0)")
-    parser.add_argument("--steps", type=int, default=1500, help="pretraining steps (default: 1500)")
+    parser.add_argument("--steps", type=int, default=1800, help="pretraining steps (default: 1800)")
     parser.add_argument("--minutes", type=float, help="fit the pretraining steps into this many minutes")
     parser.add_argument("--batch_size", type=int, default=16, help="rows per step (default: 16)")
     parser.add_argument("--seq_len", type=int, default=256, help="tokens per row (default: 256)")
