@@ -129,3 +129,19 @@ def test_defaults_name_real_flags():
     assert peft_args.lora_r == defaults["lora_r"]
     assert train.learning_rate == pytest.approx(defaults["learning_rate"])
     assert data.cutoff_len == defaults["cutoff_len"]
+
+
+def test_no_flag_run_uses_the_tuned_defaults_and_other_methods_keep_their_presets():
+    from unitune.embedded import FINETUNE_DEFAULTS
+    from unitune.methods import read_preset
+    from unitune.train import parse
+
+    _, data, peft_args, train = parse([])
+    assert (peft_args.peft_type, train.learning_rate, train.max_steps) == ("lora", 4e-3, FINETUNE_DEFAULTS["max_steps"])
+    # peft/lora.yaml sets a dropout; the embedded defaults were measured without one, and they win for lora
+    assert read_preset("lora")["lora_dropout"] != FINETUNE_DEFAULTS["lora_dropout"] == peft_args.lora_dropout
+    assert peft_args.lora_target_modules == FINETUNE_DEFAULTS["lora_target_modules"]
+    assert data.cutoff_len == FINETUNE_DEFAULTS["cutoff_len"]
+    _, _, peft_args, train = parse(["--peft_type", "prompt"])
+    assert train.learning_rate == read_preset("prompt")["learning_rate"] != FINETUNE_DEFAULTS["learning_rate"]
+    assert train.max_steps == FINETUNE_DEFAULTS["max_steps"]  # the model's run length still applies

@@ -23,12 +23,16 @@ def presets(values: dict) -> dict:
     """Flag values below --config and the command line: the PEFT preset, then the embedded model's."""
     from unitune.methods import read_preset
 
-    merged: dict[str, Any] = {}
+    embedded: dict[str, Any] = {}
     if not values.get("model_name_or_path") and EMBEDDED_DEFAULTS.is_file():
-        merged.update(A.load_yaml(str(EMBEDDED_DEFAULTS)))
-    peft_type = values.get("peft_type", merged.get("peft_type", "lora"))
-    merged.update({k: v for k, v in read_preset(peft_type).items() if k != "method"})
-    return merged
+        embedded = A.load_yaml(str(EMBEDDED_DEFAULTS))
+    peft_type = values.get("peft_type", embedded.get("peft_type", "lora"))
+    preset = {k: v for k, v in read_preset(peft_type).items() if k != "method"}
+    # The embedded defaults were tuned for one method: for it they win over its generic preset; any
+    # other method keeps its own preset (e.g. prompt tuning's larger learning rate).
+    if peft_type == embedded.get("peft_type"):
+        return {**preset, **embedded}
+    return {**embedded, **preset}
 
 
 def parse(argv: list[str] | None):
