@@ -4,8 +4,10 @@
     python bench/compare_methods.py                          # all methods, embedded default model and data
     python bench/compare_methods.py --methods lora adapter_h --max_steps 20
     python bench/compare_methods.py --max_steps 10 --model_name_or_path /tmp/tiny-llama --data my.jsonl
+    python bench/compare_methods.py --per_method "full=--learning_rate 1e-3" "prompt=--num_virtual_tokens 8"
 
-Flags this command does not know are passed to every fine-tune run (uniform_finetune.py's flags). Each
+Flags this command does not know are passed to every fine-tune run (uniform_finetune.py's flags);
+--per_method adds flags for one method only, after those. Each
 method runs the real fine-tune (unitune.train.run) in its own process, so peak memory is per method. Writes
 into --out: compare.md (the table), compare.json (everything measured), loss_curves.png (all training
 losses on one plot) and runs/<method>/ (each run's adapter dir, loss_log.jsonl, results.json, run.log).
@@ -93,6 +95,7 @@ def run_method(method: str, run_dir: Path, common: list[str], timeout: float) ->
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
     row.update({k: results.get(k) for k in ("trainable_parameters", "final_loss", "base_accuracy",
                                             "tuned_accuracy", "train_seconds")})
+    row["learning_rate"] = resolved_flag(run_dir / "unitune_config.yaml", "learning_rate")
     row["loss_curve"] = read_losses(run_dir / "loss_log.jsonl")
     tail = [loss for _, loss in row["loss_curve"][-10:]]  # one batch's loss is noisy; the table shows this mean
     row["tail_loss"] = sum(tail) / len(tail) if tail else None
@@ -120,6 +123,15 @@ def read_losses(path: Path) -> list[list[float]]:
     return [[e["step"], e["loss"]] for e in entries if "loss" in e and "step" in e]
 
 
+def resolved_flag(config: Path, name: str):
+    """A flag's value as the run resolved it (preset, config, command line), from its unitune_config.yaml."""
+    if not config.is_file():
+        return None
+    from unitune.args import load_yaml
+
+    return load_yaml(str(config)).get(name)
+
+
 def last_line(path: Path) -> str:
     """The log's last line that is not a progress bar: usually the exception of a crash."""
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
@@ -137,16 +149,19 @@ def _percent(value) -> str:
 
 def markdown(rows: list[dict], settings: dict) -> str:
     accuracy = any(r.get("tuned_accuracy") is not None for r in rows)
-    head = ["method", "trainable params", "train loss (last 10 steps)"]
+    per_method = "; ".join(f"{m}: {' '.join(flags)}" for m, flags in settings.get("per_method", {}).items())
+    head = ["method", "trainable params", "learning rate", "train loss (last 10 steps)"]
     head += ["held-out exact match"] if accuracy else []
     head += ["train s", "wall s", "peak RSS MiB", "status"]
     lines = [f"Fine-tune of every PEFT method: {settings['max_steps']} steps each on {settings['model']} "
              f"with {settings['data']} ({settings['cpus']} CPUs{', ' + settings['gpu'] if settings['gpu'] else ''}).",
+             *([f"Flags for one method only: {per_method}."] if per_method else []),
              *([f"Held-out exact match of the untuned base: {_percent(settings['base_accuracy'])}."]
                if accuracy and settings["base_accuracy"] is not None else []),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], _num(r.get("trainable_parameters"), ","), _num(r.get("tail_loss"), ".4f")]
+        cells = [r["method"], _num(r.get("trainable_parameters"), ","), _num(r.get("learning_rate"), ".0e"),
+                 _num(r.get("tail_loss"), ".4f")]
         if accuracy:
             cells.append(_percent(r.get("tuned_accuracy")))
         cells += [_num(r.get("train_seconds"), ".1f"), _num(r.get("wall_seconds"), ".1f"),
@@ -190,6 +205,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="held-out records scored per run (default: 64; the base is scored once)")
     parser.add_argument("--eval_max_new_tokens", type=int, default=64,
                         help="most tokens per held-out answer (default: 64; unitune-synth answers are shorter)")
+    parser.add_argument("--per_method", nargs="+", default=[], metavar="METHOD=FLAGS",
+                        help='flags for one method only, e.g. "full=--learning_rate 1e-3" (repeatable)')
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "compare"), help="output folder")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per method (default: 600)")
     return parser.parse_known_args(argv)
@@ -206,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown method {' '.join(unknown)}; registered: {' '.join(known)}", file=sys.stderr)
         return 2
+    try:
+        per_method = per_method_flags(args.per_method, known)
+    except ValueError as err:
+        print(f"error: --per_method {err}", file=sys.stderr)
+        return 2
     if args.max_steps < 1:
         print("error: --max_steps must be at least 1", file=sys.stderr)
         return 2
@@ -215,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--max_steps", str(args.max_steps), "--save_steps", str(args.max_steps),
               "--eval_samples", str(args.eval_samples), "--eval_max_new_tokens", str(args.eval_max_new_tokens)]
     settings = {"methods": methods, "max_steps": args.max_steps, "passthrough": passthrough,
+                "per_method": per_method,
                 "model": _flag(passthrough, "--model_name_or_path", "--base_model") or "models/unitune-tiny",
                 "data": " ".join(_flags(passthrough, "--data", "--dataset", "--data_path") or ["unitune-synth"]),
                 "cpus": os.cpu_count(), "gpu": _gpu_name(), "python": platform.python_version(),
@@ -224,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(methods)}] {method} ...", end=" ", flush=True, file=sys.stderr)
         # the base is the same for every method: the first successful run scores it, the others skip it
         base_known = any(r.get("base_accuracy") is not None for r in rows)
-        flags = [*common, "--eval_base", str(not base_known).lower(), *passthrough]
+        flags = [*common, "--eval_base", str(not base_known).lower(), *passthrough, *per_method.get(method, [])]
         row = run_method(method, out / "runs" / method, flags, args.timeout)
         rows.append(row)
         print(f"{row['status']} in {row['wall_seconds']:.0f} s" + (f": {row['error']}" if "error" in row else ""),
@@ -241,6 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(failed)} of {len(rows)} methods failed: {' '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def per_method_flags(specs: list[str], known: list[str]) -> dict[str, list[str]]:
+    """"METHOD=FLAGS" strings -> {method: [flag tokens]}; a method given twice gets both strings' flags."""
+    import shlex
+
+    flags: dict[str, list[str]] = {}
+    for spec in specs:
+        method, sep, rest = spec.partition("=")
+        if not sep or not rest.strip():
+            raise ValueError(f"{spec!r}: expected METHOD=FLAGS, e.g. \"full=--learning_rate 1e-3\"")
+        if method not in known:
+            raise ValueError(f"{spec!r}: unknown method {method}; registered: {' '.join(known)}")
+        flags.setdefault(method, []).extend(shlex.split(rest))
+    return flags
 
 
 def _finite(value) -> bool:

@@ -45,7 +45,8 @@ def test_two_methods_and_a_failing_one(tiny_model, tmp_path, capsys):
     code = _compare().main(["--methods", *methods, "--max_steps", "3", "--out", str(out),
                             "--model_name_or_path", str(tiny_model("llama")), "--data", str(data),
                             "--cache_dir", str(tmp_path / "cache"), "--per_gpu_train_batch_size", "4",
-                            "--lora_target_modules", "nope"])  # only lora reads it: lora must fail
+                            "--lora_target_modules", "nope",  # only lora reads it: lora must fail
+                            "--per_method", "adapter_p=--learning_rate 0.01"])
     assert code == 1
     assert "1 of 3 methods failed: lora" in capsys.readouterr().err
     rows = _check_outputs(out, methods)
@@ -55,6 +56,10 @@ def test_two_methods_and_a_failing_one(tiny_model, tmp_path, capsys):
     # Houlsby: after attention and feed-forward, Pfeiffer: after feed-forward only
     assert rows["adapter_h"]["trainable_parameters"] == 2 * rows["adapter_p"]["trainable_parameters"]
     assert [s for s, _ in rows["adapter_p"]["loss_curve"]] == [1, 2, 3]
+    # --per_method reached adapter_p only; the table shows each run's resolved learning rate
+    assert rows["adapter_p"]["learning_rate"] == 0.01 != rows["adapter_h"]["learning_rate"]
+    assert "Flags for one method only: adapter_p: --learning_rate 0.01." in (out / "compare.md").read_text()
+    assert "| adapter_p | " in (out / "compare.md").read_text() and "| 1e-02 |" in (out / "compare.md").read_text()
     assert (out / "runs" / "adapter_p" / "unitune_adapter.json").is_file()
     assert not list((out / "runs" / "adapter_p").glob("checkpoint-*"))
 
@@ -63,16 +68,21 @@ def test_unknown_method_is_refused(capsys):
     assert _compare().main(["--methods", "lora", "nonesuch"]) == 2
     err = capsys.readouterr().err
     assert "unknown method nonesuch" in err and "adapter_parallel" in err
+    assert _compare().main(["--per_method", "full"]) == 2
+    assert "expected METHOD=FLAGS" in capsys.readouterr().err
+    assert _compare().main(["--per_method", "nonesuch=--learning_rate 1"]) == 2
+    assert "unknown method nonesuch" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (EMBEDDED / "config.json").is_file(), reason="embedded default model not built")
 def test_every_method_on_the_embedded_default(tmp_path):
+    """The README's comparison command on the embedded model and data, shortened to fit the default suite."""
     compare = _compare()
     methods = compare.registered_methods()
-    assert {"lora", "adalora", "prompt", "p_tuning", "prefix", "adapter_h", "adapter_p",
+    assert {"lora", "qlora", "adalora", "prompt", "p_tuning", "prefix", "adapter_h", "adapter_p",
             "adapter_parallel"} <= set(methods)
-    assert compare.main(["--out", str(tmp_path)]) == 0
+    assert compare.main(["--out", str(tmp_path), "--max_steps", "2", "--eval_samples", "4",
+                         "--eval_max_new_tokens", "8", "--cache_dir", str(tmp_path / "cache")]) == 0
     rows = _check_outputs(tmp_path, methods)
     counts = {m: r["trainable_parameters"] for m, r in rows.items()}
     assert len(set(counts.values())) >= len(methods) // 2, counts
