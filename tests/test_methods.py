@@ -26,7 +26,8 @@ from unitune.methods import resolve_method  # noqa: E402
 from unitune.models import MODELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["lora", "qlora", "adalora", "prefix", "p_tuning", "prompt", "dora", "rslora", "ia3", "full", "freeze"]
+METHODS = ["lora", "qlora", "adalora", "prefix", "p_tuning", "prompt", "dora", "rslora", "ia3", "full", "freeze",
+           "adapter_h", "adapter_p", "adapter_parallel"]
 FAMILIES = ["llama", "chatglm", "bloom", "moss", "internlm", "baichuan", "qwen2", "mistral"]
 DEFAULT_FAMILIES = ("llama", "bloom")
 STEPS = 4
@@ -41,7 +42,8 @@ def _bits(method: str) -> int | None:
 
 # (family, method, quantization bits) trained and reloaded; other methods on a k-bit base besides qlora
 COMBOS = [(f, m, _bits(m)) for f in FAMILIES for m in METHODS] + [
-    ("llama", "lora", 8), ("bloom", "ia3", 8), ("llama", "adalora", 4), ("bloom", "prompt", 4), ("llama", "dora", 4)]
+    ("llama", "lora", 8), ("bloom", "ia3", 8), ("llama", "adalora", 4), ("bloom", "prompt", 4), ("llama", "dora", 4),
+    ("bloom", "adapter_h", 4), ("llama", "adapter_parallel", 8)]
 
 
 def _param(combo):
@@ -114,6 +116,8 @@ def _expected_refusal(family: str, method: str, bits: int | None) -> str | None:
         return "does not support prefix tuning"
     if (bits or method == "qlora") and not spec.supports_kbit:
         return "cannot be loaded in 4 bits"
+    if bits and method.startswith("adapter_"):  # transformers' Trainer refuses a k-bit base without peft
+        return "trains on an unquantized base only"
     return None
 
 
@@ -422,5 +426,6 @@ def test_finetune_run_end_to_end(bases, tmp_path, method):
     assert results["final_loss"] is not None and 0.0 <= results["tuned_accuracy"] <= 1.0
     saved = json.loads((out / "results.json").read_text())
     assert saved["tuned_accuracy"] == results["tuned_accuracy"]
-    marker = {"full": "model.safetensors", "freeze": "unitune_adapter.json"}.get(method, "adapter_config.json")
+    own_format = method == "freeze" or method.startswith("adapter_")  # not peft's: unitune_adapter.json
+    marker = "model.safetensors" if method == "full" else "unitune_adapter.json" if own_format else "adapter_config.json"
     assert (out / marker).is_file() and (out / "unitune_config.yaml").is_file()
