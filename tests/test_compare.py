@@ -58,8 +58,9 @@ def test_two_methods_and_a_failing_one(tiny_model, tmp_path, capsys):
     assert [s for s, _ in rows["adapter_p"]["loss_curve"]] == [1, 2, 3]
     # --per_method reached adapter_p only; the table shows each run's resolved learning rate
     assert rows["adapter_p"]["learning_rate"] == 0.01 != rows["adapter_h"]["learning_rate"]
-    assert "Flags for one method only: adapter_p: --learning_rate 0.01." in (out / "compare.md").read_text()
-    assert "| adapter_p | " in (out / "compare.md").read_text() and "| 1e-02 |" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    assert "Flags for one method only: adapter_p: --learning_rate 0.01." in table
+    assert "| adapter_p | " in table and "| 1e-02 |" in table
     assert (out / "runs" / "adapter_p" / "unitune_adapter.json").is_file()
     assert not list((out / "runs" / "adapter_p").glob("checkpoint-*"))
 

@@ -119,7 +119,6 @@ def test_shipped_model_loads_and_generates():
 
 def test_defaults_name_real_flags():
     from unitune.args import DataArgs, ModelArgs, PeftArgs, TrainArgs, load_yaml, parse
-
     from unitune.embedded import FINETUNE_DEFAULTS
 
     defaults = load_yaml(str(MODEL_DIR / "unitune_defaults.yaml"))

@@ -23,6 +23,7 @@ from unitune import train  # noqa: E402
 from unitune.args import ModelArgs, PeftArgs, TrainArgs  # noqa: E402
 from unitune.errors import UnituneError  # noqa: E402
 from unitune.methods import resolve_method  # noqa: E402
+from unitune.methods.adapters import KINDS as ADAPTER_KINDS  # noqa: E402
 from unitune.models import MODELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +117,7 @@ def _expected_refusal(family: str, method: str, bits: int | None) -> str | None:
         return "does not support prefix tuning"
     if (bits or method == "qlora") and not spec.supports_kbit:
         return "cannot be loaded in 4 bits"
-    if bits and method.startswith("adapter_"):  # transformers' Trainer refuses a k-bit base without peft
+    if bits and method in ADAPTER_KINDS:  # transformers' Trainer refuses a k-bit base without peft
         return "trains on an unquantized base only"
     return None
 
@@ -426,6 +427,6 @@ def test_finetune_run_end_to_end(bases, tmp_path, method):
     assert results["final_loss"] is not None and 0.0 <= results["tuned_accuracy"] <= 1.0
     saved = json.loads((out / "results.json").read_text())
     assert saved["tuned_accuracy"] == results["tuned_accuracy"]
-    own_format = method == "freeze" or method.startswith("adapter_")  # not peft's: unitune_adapter.json
-    marker = "model.safetensors" if method == "full" else "unitune_adapter.json" if own_format else "adapter_config.json"
+    own_save = resolve_method(method)[0].save is not None  # not peft's save_pretrained: unitune_adapter.json
+    marker = "model.safetensors" if method == "full" else "unitune_adapter.json" if own_save else "adapter_config.json"
     assert (out / marker).is_file() and (out / "unitune_config.yaml").is_file()

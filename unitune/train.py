@@ -20,7 +20,8 @@ EMBEDDED_DEFAULTS = A.EMBEDDED_BASE / "unitune_defaults.yaml"
 
 
 def presets(values: dict) -> dict:
-    """Flag values below --config and the command line: the PEFT preset, then the embedded model's."""
+    """Flag values below --config and the command line: the PEFT preset and, when no model is named, the
+    embedded model's tuned defaults."""
     from unitune.methods import read_preset
 
     embedded: dict[str, Any] = {}
