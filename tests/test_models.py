@@ -171,7 +171,10 @@ def test_remote_stand_in_behaves_like_a_transformers_model(tiny_model, family):
 
     # the spec says supports_prefix: peft prefix tuning feeds the stand-in's KV cache
     assert MODELS[family].supports_prefix
-    prefixed = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    from unitune.compat import fix_prompt_learning_generation
+
+    prefixed = fix_prompt_learning_generation(
+        get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)))
     prefixed.train()
     prefixed(**_batch(tok)).loss.backward()
     assert all(p.grad is not None for p in prefixed.parameters() if p.requires_grad)

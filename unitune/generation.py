@@ -82,12 +82,15 @@ def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, pe
     # explicit positions: left padding must not shift the real tokens' positions
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, output_hidden_states=True)
-    if getattr(out, "hidden_states", None) is None or getattr(out, "past_key_values", None) is None:
+    from unitune.compat import cache_field
+
+    cache_name = cache_field()
+    if getattr(out, "hidden_states", None) is None or out.get(cache_name) is None:
         from unitune.errors import UnituneError
 
         raise UnituneError(f"--decoding contrastive needs a model that returns hidden states and a KV cache; "
                            f"{type(model).__name__} does not: choose another --decoding")
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    cache, logits = out[cache_name], out.logits[:, -1].float()
     context = out.hidden_states[-1]  # (rows, length, hidden): what a candidate must not repeat
     ids, done = input_ids, torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
     if streamer is not None:
@@ -100,13 +103,13 @@ def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, pe
         cand_mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1).repeat_interleave(k, dim=0)
         position = mask.sum(-1, keepdim=True).repeat_interleave(k, dim=0)
         step = model(input_ids=top_ids.reshape(-1, 1), attention_mask=cand_mask, position_ids=position,
-                     past_key_values=cache, use_cache=True, output_hidden_states=True)
+                     use_cache=True, output_hidden_states=True, **{cache_name: cache})
         hidden = step.hidden_states[-1][:, -1]  # (rows * k, hidden)
         cosine = torch.nn.functional.cosine_similarity(context.repeat_interleave(k, dim=0), hidden[:, None], dim=-1)
         cosine = cosine.masked_fill(mask.repeat_interleave(k, dim=0) == 0, -1.0)  # padding is no context
         score = (1 - penalty_alpha) * top_probs - penalty_alpha * cosine.max(-1).values.view(rows, k)
         chosen = pick + score.argmax(-1)
-        cache = step.past_key_values
+        cache = step[cache_name]
         cache.batch_select_indices(chosen)
         token = top_ids.view(-1)[chosen]
         token = torch.where(done, torch.full_like(token, pad_token_id), token)

@@ -162,6 +162,9 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
                                    f"base weights; load it with --adapter instead")
             if hasattr(model, "merge_and_unload"):  # freeze: loading already wrote the base weights
                 model = model.merge_and_unload()
+    from unitune.compat import fix_prompt_learning_generation
+
+    model = fix_prompt_learning_generation(model)
     if mode != "train":
         model.eval()
     return Loaded(model, tokenizer, spec, template, method)
