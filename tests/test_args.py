@@ -101,7 +101,7 @@ def test_preset_sits_below_config_and_cli(tmp_path, monkeypatch):
     presets = tmp_path / "peft"
     presets.mkdir()
     (presets / "wide.yaml").write_text("method: lora\nlora_r: 64\nlora_alpha: 128\nlora_dropout: 0.2\n")
-    monkeypatch.setattr(M, "PRESET_DIR", presets)
+    monkeypatch.setattr(M, "asset_dir", lambda kind: presets)
     _, _, peft, _ = parse(["--peft_type", "wide"])
     assert (peft.lora_r, peft.lora_alpha, peft.lora_dropout) == (64, 128, 0.2)
     cfg = tmp_path / "run.yaml"

@@ -13,8 +13,6 @@ from typing import Any, Optional
 
 from unitune.errors import UnituneError
 
-ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_BASE = ROOT / "models" / "unitune-tiny"
 
 
 def flag(default: Any = None, help: str = "", aliases: tuple[str, ...] = (), **argparse_kwargs: Any) -> Any:
@@ -42,7 +40,9 @@ class ModelArgs:
 
     @property
     def base_path(self) -> str:
-        return self.model_name_or_path or str(EMBEDDED_BASE)
+        from unitune.paths import embedded_base
+
+        return self.model_name_or_path or str(embedded_base())
 
 
 @dataclass

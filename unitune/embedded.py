@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 from unitune import synth
+from unitune.paths import asset_dir, asset_root
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = asset_root()  # a checkout's root: the build writes the shipped model and data there
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 # The tiny model: about 2.2M parameters, 8.7 MB in fp32.
@@ -74,7 +75,7 @@ def train_tokenizer(texts, vocab_size: int):
 def template_texts() -> list[str]:
     """The fixed strings of templates/*.json (system prompts, turn markers)."""
     texts = []
-    for path in sorted((ROOT / "templates").glob("*.json")):
+    for path in sorted(asset_dir("templates").glob("*.json")):
         raw = json.loads(path.read_text(encoding="utf-8"))
         texts += [v for k, v in sorted(raw.items()) if isinstance(v, str) and k not in ("name", "description")]
     return texts

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 from unitune.errors import UnituneError
+from unitune.paths import asset_dir
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,15 @@ class Template:
         return "".join(p + (r or "") for p, r in parts)
 
 
+def template_names() -> list[str]:
+    return sorted(p.stem for p in asset_dir("templates").glob("*.json"))
+
+
 @lru_cache(maxsize=None)
 def get_template(name: str) -> Template:
-    path = TEMPLATE_DIR / f"{name}.json"
+    path = asset_dir("templates") / f"{name}.json"
     if not path.is_file():
-        known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.json"))
+        known = template_names()
         raise UnituneError(f"unknown --template {name!r}; choose one of: {', '.join(known)}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

@@ -16,17 +16,18 @@ from unitune.errors import UnituneError
 log = logging.getLogger("unitune")
 
 GROUPS = [A.ModelArgs, A.DataArgs, A.PeftArgs, A.TrainArgs]
-EMBEDDED_DEFAULTS = A.EMBEDDED_BASE / "unitune_defaults.yaml"
+EMBEDDED_DEFAULTS = "unitune-tiny/unitune_defaults.yaml"  # under the models/ asset folder
 
 
 def presets(values: dict) -> dict:
     """Flag values below --config and the command line: the PEFT preset and, when no model is named, the
     embedded model's tuned defaults."""
     from unitune.methods import read_preset
+    from unitune.paths import asset
 
     embedded: dict[str, Any] = {}
-    if not values.get("model_name_or_path") and EMBEDDED_DEFAULTS.is_file():
-        embedded = A.load_yaml(str(EMBEDDED_DEFAULTS))
+    if not values.get("model_name_or_path"):
+        embedded = A.load_yaml(str(asset("models", EMBEDDED_DEFAULTS)))
     peft_type = values.get("peft_type", embedded.get("peft_type", "lora"))
     preset = {k: v for k, v in read_preset(peft_type).items() if k != "method"}
     # The embedded defaults were tuned for one method: for it they win over its generic preset; any

@@ -9,12 +9,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from unitune.errors import UnituneError
+from unitune.paths import asset_dir
 
-PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "peft"
 
 
 def _no_check(*_args: Any, **_kwargs: Any) -> None:
@@ -61,14 +60,14 @@ def _ensure_loaded() -> None:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in asset_dir("peft").glob("*.yaml"))
 
 
 def read_preset(name: str) -> dict:
     """The flag values of peft/<name>.yaml ({} when there is none); its `method` key names the method."""
     from unitune.args import load_yaml
 
-    path = PRESET_DIR / f"{name}.yaml"
+    path = asset_dir("peft") / f"{name}.yaml"
     return load_yaml(str(path)) if path.is_file() else {}
 
 
