@@ -83,8 +83,9 @@ def run(argv: list[str] | None = None) -> dict:
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
     if resume not in (None, "latest") and not Path(resume).is_dir():
         raise UnituneError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
-    records = D.load_datasets(data_args.data, data_args.max_samples)
-    eval_paths = [D.resolve(p) for p in data_args.eval_data] if data_args.eval_data else D.eval_files(data_args.data)
+    records = D.load_datasets(data_args.data, data_args.max_samples, data_args.data_dir)
+    eval_paths = ([p for name in data_args.eval_data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
+                  if data_args.eval_data else D.eval_files(data_args.data))
     eval_records = [r for p in eval_paths for r in D.load_file(p)][: data_args.eval_samples]
     setup_logging()  # only now: bad data must leave exactly one error line, no progress lines before it
     log.info("read %d training records from %s and %d held-out records", len(records),
