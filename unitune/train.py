@@ -78,6 +78,10 @@ def run(argv: list[str] | None = None) -> dict:
     method.validate(spec, model_args, peft_args, train_args)
     if train_args.report_to not in ("none", "tensorboard", "wandb"):
         raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
+    if train_args.report_to != "none":
+        from unitune.env import require_extra
+
+        require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
     resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
     if resume == "latest" and not list(Path(train_args.output_dir).glob("checkpoint-*/trainer_state.json")):
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
