@@ -124,12 +124,16 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
     log.info("loading %s (%s, %s%s) for %s", model_args.base_path, spec.name, dtype,
              f", {model_args.quantization_bit}-bit" if quant else "", mode)
     model = AutoModelForCausalLM.from_pretrained(model_args.base_path, **kwargs)
-    if model.config.pad_token_id is None:
+    # a transformers 5 config only has the fields its class declares: remote configs may lack pad_token_id
+    if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if quant is None and torch.cuda.is_available():
         model = model.to("cuda")
+    from unitune.guards import check_finite_weights
+
+    check_finite_weights(model, model_args.base_path)
 
     method = None
     if mode == "train":

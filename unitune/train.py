@@ -150,10 +150,11 @@ def count_parameters(model) -> tuple[int, int]:
 
 def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
     import torch
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, TrainingArguments
 
     from unitune.callbacks import ProgressBar
     from unitune.data import Collator
+    from unitune.guards import guarded_trainer_class
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
@@ -184,8 +185,9 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
         ddp_find_unused_parameters=False if world > 1 else None,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
-    trainer = Trainer(model=loaded.model, args=targs, train_dataset=train_set, eval_dataset=val_set or None,
-                      data_collator=Collator(loaded.tokenizer.pad_token_id), callbacks=callbacks)
+    trainer = guarded_trainer_class()(model=loaded.model, args=targs, train_dataset=train_set,
+                                      eval_dataset=val_set or None,
+                                      data_collator=Collator(loaded.tokenizer.pad_token_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; raw log dicts would garble it
     return trainer
 
