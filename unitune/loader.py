@@ -30,13 +30,16 @@ class Loaded:
 
 def check_model_args(model_args) -> ModelSpec:
     """Everything about the model flags that can be checked before torch is imported."""
+    from unitune import families
+
     spec = get_model_spec(model_args.model_type)
-    if spec.remote_code and not model_args.trust_remote_code:
-        raise UnituneError(f"--model_type {spec.name} checkpoints run their own Python code: "
-                           f"pass --trust_remote_code to allow it")
     path = Path(model_args.base_path)
     if not path.is_dir():
         raise UnituneError(f"--model_name_or_path {path}: no such model directory (no model hub is used)")
+    code = families.checkpoint_code(spec.family, str(path))
+    if code and not model_args.trust_remote_code:
+        raise UnituneError(f"--model_type {spec.name}: {path} runs its own Python code ({' and '.join(code)}): "
+                           f"pass --trust_remote_code to allow it")
     if model_args.adapter and not Path(model_args.adapter).is_dir():
         raise UnituneError(f"--adapter {model_args.adapter}: no such adapter directory")
     get_template(model_args.template or spec.template)
@@ -56,7 +59,11 @@ def resolve_dtype(name: str):
 def load_tokenizer(model_args, spec: ModelSpec, padding_side: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_args.base_path, trust_remote_code=model_args.trust_remote_code)
+    from unitune import families
+
+    tok = families.load_tokenizer(spec.family, model_args.base_path)
+    if tok is None:
+        tok = AutoTokenizer.from_pretrained(model_args.base_path, trust_remote_code=model_args.trust_remote_code)
     if tok.eos_token_id is None:
         raise UnituneError(f"{model_args.base_path}: the tokenizer has no eos token")
     if tok.pad_token_id is None:
@@ -123,11 +130,19 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
         kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
     log.info("loading %s (%s, %s%s) for %s", model_args.base_path, spec.name, dtype,
              f", {model_args.quantization_bit}-bit" if quant else "", mode)
-    model = AutoModelForCausalLM.from_pretrained(model_args.base_path, **kwargs)
+    from unitune import families
+
+    source = families.model_source(spec.family, model_args.base_path)
+    if source != model_args.base_path:
+        log.info("%s loads as native transformers %s (converted in %s)", model_args.base_path, spec.family, source)
+        kwargs["trust_remote_code"] = False  # the conversion runs none of the checkpoint's code
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model.config._name_or_path = model_args.base_path  # adapters record the checkpoint, not the conversion cache
+    model = families.after_load(spec.family, model)
     # a transformers 5 config only has the fields its class declares: remote configs may lack pad_token_id
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if quant is None and torch.cuda.is_available():
         model = model.to("cuda")

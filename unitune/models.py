@@ -20,7 +20,8 @@ class ModelSpec:
     attention: str
     mlp: str
     template: str
-    remote_code: bool = False  # official checkpoints ship their own modeling code
+    remote_code: bool = False  # official checkpoints ship their own Python code (whether it runs: the family)
+    family: str = ""  # unitune/families/<family>.py loads its real checkpoints (conversion or named patches)
     pad_fix: str = "eos"  # what becomes pad when the tokenizer has none: eos | unk | id0
     supports_kbit: bool = True
     supports_prefix: bool = True
@@ -32,16 +33,21 @@ class ModelSpec:
 _SPECS = [
     ModelSpec("llama", ("q_proj", "v_proj"), "self_attn", "mlp", "alpaca",
               ia3_feedforward=("down_proj",), notes="LLaMA 1/2/3, Vicuna, the embedded default"),
-    ModelSpec("chatglm", ("query_key_value",), "self_attention", "mlp", "chatglm", remote_code=True,
-              supports_prefix=True, ia3_feedforward=("dense_4h_to_h",), notes="ChatGLM 1/2/3 (remote code)"),
+    # converted to transformers' GlmForCausalLM: q/k/v/o, gate_up_proj, down_proj (the tokenizer's code runs)
+    ModelSpec("chatglm", ("q_proj", "k_proj", "v_proj"), "self_attn", "mlp", "chatglm", remote_code=True,
+              family="chatglm", ia3_feedforward=("down_proj",),
+              notes="ChatGLM2-6B / ChatGLM3-6B base, as native Glm (the checkpoint's tokenizer code runs)"),
     ModelSpec("bloom", ("query_key_value",), "self_attention", "mlp", "alpaca",
               ia3_feedforward=("dense_4h_to_h",), notes="BLOOM / BLOOMZ"),
-    ModelSpec("moss", ("qkv_proj",), "attn", "mlp", "moss", remote_code=True,
-              ia3_feedforward=("fc_out",), notes="MOSS (remote code; CodeGen architecture)"),
-    ModelSpec("internlm", ("q_proj", "v_proj"), "self_attn", "mlp", "internlm", remote_code=True,
-              ia3_feedforward=("down_proj",), notes="InternLM (remote code; LLaMA-like names)"),
-    ModelSpec("baichuan", ("W_pack",), "self_attn", "mlp", "baichuan", remote_code=True,
-              ia3_feedforward=("down_proj",), notes="Baichuan 1/2 (remote code; fused W_pack)"),
+    ModelSpec("moss", ("qkv_proj",), "attn", "mlp", "moss", remote_code=True, family="moss",
+              ia3_feedforward=("fc_out",), notes="MOSS as native CodeGen (the checkpoint's tokenizer code runs)"),
+    ModelSpec("internlm", ("q_proj", "v_proj"), "self_attn", "mlp", "internlm", remote_code=True, family="internlm",
+              ia3_feedforward=("down_proj",), notes="InternLM (v1) as native LLaMA with attention biases"),
+    ModelSpec("internlm2", ("q_proj", "k_proj", "v_proj"), "self_attn", "mlp", "internlm2", remote_code=True,
+              family="internlm2", ia3_feedforward=("down_proj",),
+              notes="InternLM2 / 2.5 as native LLaMA (fused wqkv split; the checkpoint's tokenizer code runs)"),
+    ModelSpec("baichuan", ("W_pack",), "self_attn", "mlp", "baichuan", remote_code=True, family="baichuan",
+              ia3_feedforward=("down_proj",), notes="Baichuan 1/2 (its own modeling code runs; fused W_pack)"),
     ModelSpec("qwen2", ("q_proj", "v_proj"), "self_attn", "mlp", "chatml",
               ia3_feedforward=("down_proj",), notes="Qwen1.5 / Qwen2 / Qwen2.5"),
     ModelSpec("mistral", ("q_proj", "v_proj"), "self_attn", "mlp", "mistral",
