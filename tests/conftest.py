@@ -3,8 +3,9 @@
     def test_something(tiny_model):
         path = tiny_model("chatglm")  # a directory with config, weights and tokenizer
 
-Remote-code families (chatglm, baichuan) need trust_remote_code=True to load, like their real checkpoints;
-pass it (True or False, never None) to AutoTokenizer too, or transformers asks on stdin.
+The remote-code families (chatglm, baichuan, internlm2, moss) are the real published checkpoints' code in
+../shared/fixtures/remote (tests skip where it is absent); load them through unitune.loader, which converts or
+patches them, with trust_remote_code=True.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ CASES = [
     ("unknown-template", None, None, ["--template", "nope"], ["--template 'nope'", "alpaca_zh"]),
     ("missing-model-dir", None, None, ["--model_name_or_path", "/no/such/model"], ["/no/such/model"]),
     ("resume-without-checkpoint", None, None, ["--resume_from_checkpoint"], ["--resume_from_checkpoint", "checkpoint"]),
-    ("remote-code-family", None, None, ["--model_type", "chatglm"], ["--trust_remote_code"]),
+    ("family-mismatch", None, None, ["--model_type", "chatglm"], ["--model_type chatglm", "'llama' checkpoint"]),
 ]
 
 

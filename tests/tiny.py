@@ -26,16 +26,26 @@ def build_tokenizer(out: Path, vocab_size: int = 400):
     fast.save_pretrained(out)
     return fast
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REMOTE_TINY = FIXTURES / "remote_tiny"
+# Tiny checkpoints with the real published code of the remote-code families (../shared/fixtures/remote, beside
+# the repository; read-only, never copied into it). Tests of these families skip where it is absent.
+REMOTE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "remote"
+REAL = {"chatglm": "chatglm2-6b", "baichuan": "baichuan2-13b-chat", "internlm2": "internlm2-chat-7b",
+        "moss": "moss-moon-003-sft"}
 
-# One tiny stand-in per --model_type, keeping the family's real module names (see unitune/models.py).
-FAMILIES = ["llama", "chatglm", "bloom", "moss", "internlm", "baichuan", "qwen2", "mistral", "auto"]
-REMOTE_CLASSES = {  # families whose stand-in is remote code: (config class, causal-LM class)
-    "chatglm": ("TinyChatGLMConfig", "TinyChatGLMForConditionalGeneration"),
-    "baichuan": ("TinyBaichuanConfig", "TinyBaichuanForCausalLM"),
-}
-HIDDEN, LAYERS, HEADS = 32, 2, 4
+# One tiny model per --model_type: the real fixture where there is one, else a native class with the family's
+# real module names (see unitune/models.py).
+FAMILIES = ["llama", "chatglm", "bloom", "moss", "internlm", "internlm2", "baichuan", "qwen2", "mistral", "auto"]
+HIDDEN, LAYERS, HEADS = 32, 2, 4  # the real fixtures have 2 layers too
+
+
+def real_fixture(family: str) -> Path:
+    """The shared real-code checkpoint of `family`; skips the calling test where ../shared is absent."""
+    import pytest
+
+    path = REMOTE / REAL[family]
+    if not (path / "config.json").is_file():
+        pytest.skip(f"{path} is absent: the real-checkpoint fixtures live in ../shared/fixtures/remote")
+    return path
 
 
 def _native_config(family: str, vocab: int, ids: dict):
@@ -56,44 +66,24 @@ def _native_config(family: str, vocab: int, ids: dict):
         return tf.Phi3Config(**{**llama_like, "pad_token_id": ids["pad_token_id"]})
     if family == "bloom":
         return tf.BloomConfig(vocab_size=vocab, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, **ids)
-    if family == "moss":  # MOSS is the CodeGen architecture (qkv_proj under attn, fc_in / fc_out)
-        return tf.CodeGenConfig(vocab_size=vocab, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, rotary_dim=4,
-                                n_positions=512, n_ctx=512, tie_word_embeddings=False, **ids)
     raise KeyError(family)
 
 
 def build_model(family: str, out_dir) -> Path:
-    """Write a tiny random model + tokenizer of `family` (a --model_type) into out_dir; same weights every time.
-
-    Native transformers classes where their module names match the family's; ChatGLM and Baichuan get the
-    remote-code stand-in of tests/fixtures/remote_tiny (config.json `auto_map`, needs trust_remote_code).
-    """
-    import shutil
-
+    """A tiny model + tokenizer of `family` (a --model_type): the real fixture of a remote-code family (out_dir
+    unused), else a random native model written into out_dir, with the same weights every time."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if family not in FAMILIES:
         raise KeyError(f"no tiny model for {family!r}; known: {', '.join(FAMILIES)}")
+    if family in REAL:
+        return real_fixture(family)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    if family in REMOTE_CLASSES:
-        config_cls, model_cls = REMOTE_CLASSES[family]
-        for src in REMOTE_TINY.glob("*.py"):
-            shutil.copy(src, out / src.name)
-        config = {"model_type": family, "architectures": [model_cls], "naming": family, "vocab_size": len(tok),
-                  "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": LAYERS,
-                  "num_attention_heads": HEADS, "auto_map": {
-                      "AutoConfig": f"configuration_tiny_remote.{config_cls}",
-                      "AutoModel": "modeling_tiny_remote.TinyRemoteModel",
-                      "AutoModelForCausalLM": f"modeling_tiny_remote.{model_cls}"}, **ids}
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out, trust_remote_code=True),
-                                                 trust_remote_code=True)
-    else:
-        model = AutoModelForCausalLM.from_config(_native_config(family, len(tok), ids))
+    model = AutoModelForCausalLM.from_config(_native_config(family, len(tok), ids))
     model.save_pretrained(out)
     return out

@@ -30,6 +30,17 @@ def after_load(model):
 
     from transformers import GenerationConfig, GenerationMixin
 
+    # Not a transformers change but the checkpoint's own bug: configuration_baichuan.py stores
+    # `gradient_checkpointing = (gradient_checkpointing,)`, a 1-tuple that is always truthy, so every training
+    # forward recomputed every layer (and from_pretrained, seeing it set, enables checkpointing on its own)
+    from unitune.families import read_config
+
+    asked = read_config(model.config._name_or_path).get("gradient_checkpointing", False)
+    if not asked and any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+        model.gradient_checkpointing_disable()
+    for module in model.modules():
+        if isinstance(getattr(module, "gradient_checkpointing", None), tuple):
+            module.gradient_checkpointing = bool(module.gradient_checkpointing[0])
     cls = type(model)
     if not isinstance(model, GenerationMixin):
         model.__class__ = type(cls.__name__, (cls, GenerationMixin), {"__module__": cls.__module__})
