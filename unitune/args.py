@@ -237,12 +237,26 @@ def load_yaml(path: str) -> dict:
     return loaded
 
 
+ADAPTER_CONTEXT = ("model_type", "model_name_or_path", "template")  # what an adapter's run recorded and reuses
+
+
+def adapter_context(values: dict) -> dict:
+    """The base, model type and template an adapter (--adapter / --lora_dir) was trained with, read from the
+    unitune_config.yaml its run wrote; only the fields it recorded (an embedded-default base records none)."""
+    adapter = values.get("adapter")
+    if not adapter or not (Path(adapter) / "unitune_config.yaml").is_file():
+        return {}
+    recorded = load_yaml(str(Path(adapter) / "unitune_config.yaml"))
+    return {key: recorded[key] for key in ADAPTER_CONTEXT if recorded.get(key) is not None}
+
+
 def parse(groups: list[type], argv: Optional[list[str]], prog: str, description: str = "",
           presets: Optional[typing.Callable[[dict], dict]] = None) -> tuple[list[Any], set[str]]:
     """Parse argv into one instance per dataclass in `groups`.
 
     Priority, lowest first: dataclass defaults, `presets(values)` (e.g. a PEFT preset chosen by
-    --peft_type), the --config YAML, the command line. Returns the instances and the set of names
+    --peft_type), what the --adapter's unitune_config.yaml recorded (base, model type, template), the
+    --config YAML, the command line. Returns the instances and the set of names
     the user gave explicitly (in YAML or on the command line).
     """
     parser = build_parser(groups, prog, description)
@@ -261,6 +275,9 @@ def parse(groups: list[type], argv: Optional[list[str]], prog: str, description:
             values[key] = _coerce(value, typing.get_type_hints(group)[key], f"{config_path}: {key}")
     values.update(given)
     explicit = set(values)
+    if ModelArgs in groups:  # an adapter carries its context; flags given (YAML or command line) win
+        for key, value in adapter_context(values).items():
+            values.setdefault(key, value)
     if presets is not None:
         for key, value in presets(values).items():
             if key not in values:

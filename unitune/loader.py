@@ -94,7 +94,27 @@ def _quantization_config(model_args, dtype):
 
 
 def load_adapter(model, adapter_dir: str, trainable: bool = False):
-    """Put a saved adapter of any registered kind onto `model`."""
+    """Put a saved adapter of any registered kind onto `model`; an adapter whose shapes do not fit the base is
+    one line naming both, never torch's size-mismatch listing."""
+    try:
+        return _load_adapter(model, adapter_dir, trainable)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line and ":" in line), "")
+        base = getattr(model.config, "_name_or_path", "") or "the base model"
+        recorded = ""
+        config_file = Path(adapter_dir) / "unitune_config.yaml"
+        if config_file.is_file():
+            from unitune.args import load_yaml
+
+            trained_on = load_yaml(str(config_file)).get("model_name_or_path") or "the embedded default model"
+            recorded = f"; it was trained on {trained_on}"
+        raise UnituneError(f"--lora_dir {adapter_dir} does not fit the base {base}: {first[:200]}{recorded} "
+                           f"(pass that base with --model_name_or_path)") from None
+
+
+def _load_adapter(model, adapter_dir: str, trainable: bool = False):
     from unitune.methods import resolve_method
 
     own = Path(adapter_dir) / OWN_ADAPTER_FILE
