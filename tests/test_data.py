@@ -234,9 +234,10 @@ def test_alpaca_and_alpaca_zh_templates_render():
 
 
 def _split_prompt_response(tokenizer, template, record):
+    """The inference prompt's ids (as the front-ends tokenize it) and the trained rest, eos included."""
     prompt, response = template.segments(record["instruction"], record["input"], record["output"])[0]
-    p = tokenizer.encode(prompt, add_special_tokens=False)
-    r = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    p = tokenizer(prompt)["input_ids"]
+    r = tokenizer(prompt + response)["input_ids"][len(p):] + [tokenizer.eos_token_id]
     return p, r
 
 
@@ -244,27 +245,27 @@ def test_loss_only_on_responses_by_default(tokenizer):
     template = get_template("alpaca")
     record = EXPECTED[0]
     p, r = _split_prompt_response(tokenizer, template, record)
-    out = D.encode(tokenizer, template, record, cutoff_len=4096, train_on_inputs=False, add_bos=False)
-    assert out["input_ids"] == p + r
+    out = D.encode(tokenizer, template, record, cutoff_len=4096, train_on_inputs=False)
+    assert out["input_ids"] == p + r and p == tokenizer(template.prompt_for(record["instruction"], record["input"]))[
+        "input_ids"]
     assert out["labels"] == [-100] * len(p) + r
-    with_bos = D.encode(tokenizer, template, record, cutoff_len=4096, train_on_inputs=False, add_bos=True)
-    assert with_bos["input_ids"][0] == tokenizer.bos_token_id and with_bos["labels"][0] == -100
 
 
 def test_multi_turn_labels_every_response(tokenizer):
     template = get_template("alpaca")
     record = D.normalize({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
                                             {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Ciao"}]}, "x")
-    out = D.encode(tokenizer, template, record, 4096, False, add_bos=False)
+    out = D.encode(tokenizer, template, record, 4096, False)
     kept = [t for t, label in zip(out["input_ids"], out["labels"]) if label != -100]
     eos = tokenizer.eos_token_id
-    assert kept == (tokenizer.encode("Hello", add_special_tokens=False) + [eos]
+    # alpaca has no end-of-turn text of its own: eos after the last response only, the history stays plain text
+    assert kept == (tokenizer.encode("Hello", add_special_tokens=False)
                     + tokenizer.encode("Ciao", add_special_tokens=False) + [eos])
 
 
 def test_train_on_inputs_includes_prompt_tokens(tokenizer):
     template = get_template("alpaca")
-    out = D.encode(tokenizer, template, EXPECTED[0], 4096, train_on_inputs=True, add_bos=True)
+    out = D.encode(tokenizer, template, EXPECTED[0], 4096, train_on_inputs=True)
     assert out["labels"] == out["input_ids"]
 
 
@@ -272,7 +273,7 @@ def test_cutoff_truncates_and_drops_examples_without_response(tokenizer, tmp_pat
     template = get_template("alpaca")
     p, r = _split_prompt_response(tokenizer, template, EXPECTED[0])
     cut = len(p) + 2
-    out = D.encode(tokenizer, template, EXPECTED[0], cut, False, add_bos=False)
+    out = D.encode(tokenizer, template, EXPECTED[0], cut, False)
     assert out["input_ids"] == (p + r)[:cut] and sum(x != -100 for x in out["labels"]) == 2
     long_prompt = dict(EXPECTED[1], instruction="word " * 200)
     with caplog.at_level(logging.WARNING, logger="unitune.data"):

@@ -19,7 +19,7 @@ from unitune.errors import UnituneError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"  # bump when tokenization changes meaning
+CACHE_VERSION = "2"  # bump when tokenization changes meaning
 
 _ROLE = {"human": "user", "user": "user", "observation": "user", "tool": "user",
          "gpt": "assistant", "assistant": "assistant", "function_call": "assistant", "bot": "assistant",
@@ -187,26 +187,45 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}|{tokenizer.bos_token_id}".encode()).hexdigest()
 
 
-def _adds_bos(tokenizer) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
-def encode(tokenizer, template, record: dict, cutoff_len: int, train_on_inputs: bool,
-           add_bos: bool | None = None) -> dict | None:
-    """Token ids and labels of one record; None when truncation leaves no response token."""
-    ids: list[int] = []
-    labels: list[int] = []
-    if add_bos if add_bos is not None else _adds_bos(tokenizer):
-        ids.append(tokenizer.bos_token_id)
-        labels.append(tokenizer.bos_token_id if train_on_inputs else -100)
+def encode(tokenizer, template, record: dict, cutoff_len: int, train_on_inputs: bool) -> dict | None:
+    """Token ids and labels of one record; None when truncation leaves no response token.
+
+    THE encoding, shared with inference: the conversation is rendered to one text and tokenized at once, with
+    the tokenizer's own special tokens (bos, ChatGLM's [gMASK] sop), exactly as the front-ends tokenize a prompt
+    (`template.prompt_for`), so the ids of every turn up to a response are what inference feeds the model.
+    Masks come from rendering prefixes: a response's tokens are those between the tokenized prefix ending with
+    its prompt and the one ending with it. The end of a turn is the template's own suffix (never followed by an
+    eos of ours, so `<|im_end|>` is not doubled); a template without one gets eos after the last response only,
+    which teaches the model to stop while the history keeps the template's own text, as each family's prompt
+    code builds it.
+    """
     segments = template.segments(record["instruction"], record["input"], record["output"],
                                  record["history"], record["system"])
+    text, bounds = "", []
     for prompt, response in segments:
-        p = tokenizer.encode(prompt, add_special_tokens=False)
-        r = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
-        ids += p + r
-        labels += (p if train_on_inputs else [-100] * len(p)) + r
+        text += prompt
+        prompt_end = text
+        text += response
+        bounds.append((prompt_end, text))
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    labels = list(ids) if train_on_inputs else [-100] * len(ids)
+    for turn, (prompt_end, response_end) in enumerate(bounds):
+        start = _common_prefix(tokenizer.encode(prompt_end, add_special_tokens=True), ids)
+        stop = len(ids) if turn == len(bounds) - 1 else _common_prefix(
+            tokenizer.encode(response_end, add_special_tokens=True), ids)
+        labels[start:stop] = ids[start:stop]
+    if not template.response_suffix and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
     ids, labels = ids[:cutoff_len], labels[:cutoff_len]
     if all(label == -100 for label in labels):
         return None
@@ -232,10 +251,9 @@ def tokenize(records: list[dict], tokenizer, template, cutoff_len: int, train_on
                     for a, b in zip(offsets[:-1], offsets[1:])]
         log.info("tokenized data: cache hit %s (%d examples), tokenization skipped", cache, len(examples))
         return Tokenized(examples, int(blob["dropped"]), True, fingerprint)
-    add_bos = _adds_bos(tokenizer)
     examples, dropped = [], 0
     for record in records:
-        encoded = encode(tokenizer, template, record, cutoff_len, train_on_inputs, add_bos)
+        encoded = encode(tokenizer, template, record, cutoff_len, train_on_inputs)
         if encoded is None:
             dropped += 1
         else:

@@ -1,0 +1,127 @@
+"""One encoding: training ids up to a response are the inference prompt's ids, and each family's template gives the
+prompt its checkpoint's own prompt-building code gives (MOSS ships none; see the README)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.tiny import real_fixture  # noqa: E402
+from unitune import data as D  # noqa: E402
+from unitune.args import ModelArgs  # noqa: E402
+from unitune.families import remote_class  # noqa: E402
+from unitune.templates import get_template, template_names  # noqa: E402
+
+HISTORY = [["What is 1 + 1?", "It is 2."], ["And 2 + 3?", "That makes 5."]]
+LAST = ("Now 4 + 4?", "Eight.")
+
+
+def _record(history=HISTORY, last=LAST, system=None) -> dict:
+    return {"system": system, "history": [list(turn) for turn in history], "instruction": last[0], "input": "",
+            "output": last[1]}
+
+
+def _check_inference_is_a_prefix_of_training(tokenizer, template):
+    record = _record()
+    trained = D.encode(tokenizer, template, record, cutoff_len=4096, train_on_inputs=False)
+    prompt = template.prompt_for(record["instruction"], "", record["history"], None)
+    inference = tokenizer.encode(prompt, add_special_tokens=True)  # what generation feeds the model
+    n = len(inference)
+    assert trained["input_ids"][:n] == inference, template.name
+    # everything after the prompt is the last response, trained; the turn ends exactly once
+    assert all(label != -100 for label in trained["labels"][n:]) and trained["labels"][n - 1] == -100
+    answer_ids = trained["input_ids"][n:]
+    answer = tokenizer.decode(answer_ids, skip_special_tokens=False)
+    assert LAST[1] in answer, (template.name, answer)
+    eos = tokenizer.eos_token_id
+    if template.response_suffix.strip():  # the template's own end of turn, once, and no eos of ours after it
+        assert answer.count(template.response_suffix.strip()) == 1, (template.name, answer)
+        assert answer_ids.count(eos) == (1 if template.response_suffix.strip() == tokenizer.eos_token else 0)
+    else:
+        assert answer_ids[-1] == eos and answer_ids.count(eos) == 1, (template.name, answer)
+
+
+@pytest.mark.parametrize("name", template_names())
+def test_every_template_encodes_inference_as_training(name, tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    _check_inference_is_a_prefix_of_training(tokenizer, get_template(name))
+
+
+def test_chatml_with_im_end_as_eos_never_doubles_it(tiny_model, tmp_path):
+    """A ChatML tokenizer whose eos is <|im_end|>: every trained turn ends `<|im_end|>\\n`, never twice."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
+    template = get_template("chatml")
+    trained = D.encode(tokenizer, template, _record(), 4096, False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    assert not any(a == b == eos for a, b in zip(trained, trained[1:]))
+    assert trained.count(eos) == 1 + 2 * (len(HISTORY) + 1)  # ends the system turn and every user / assistant turn
+    _check_inference_is_a_prefix_of_training(tokenizer, template)
+
+
+# ---------------------------------------------------------------- each family's own prompt-building code
+def _loaded(family: str):
+    from unitune.loader import load_tokenizer
+    from unitune.models import get_model_spec
+    from unitune.templates import get_template as template
+
+    spec = get_model_spec(family)
+    args = ModelArgs(model_type=family, model_name_or_path=str(real_fixture(family)), trust_remote_code=True)
+    return load_tokenizer(args, spec, padding_side="left"), template(spec.template)
+
+
+@pytest.mark.parametrize("family", ["chatglm", "baichuan", "internlm2", "moss"])
+def test_real_tokenizers_encode_inference_as_training(family):
+    tokenizer, template = _loaded(family)
+    _check_inference_is_a_prefix_of_training(tokenizer, template)
+
+
+def _ours(tokenizer, template, history, query) -> list[int]:
+    return tokenizer.encode(template.prompt_for(query, "", history, None), add_special_tokens=True)
+
+
+def test_chatglm2_prompt_is_its_build_inputs():
+    tokenizer, template = _loaded("chatglm")
+    path = str(real_fixture("chatglm"))
+    model_cls = remote_class(path, "modeling_chatglm.ChatGLMForConditionalGeneration")
+    history = [tuple(turn) for turn in HISTORY[:1]]
+    theirs = model_cls.build_inputs(SimpleNamespace(device="cpu"), tokenizer, LAST[0], history=history)
+    assert _ours(tokenizer, template, HISTORY[:1], LAST[0]) == theirs["input_ids"][0].tolist()
+
+
+def test_baichuan2_prompt_is_its_build_chat_input():
+    import json
+
+    tokenizer, template = _loaded("baichuan")
+    path = real_fixture("baichuan")
+    build_chat_input = remote_class(str(path), "generation_utils.build_chat_input")
+    generation = SimpleNamespace(**json.loads((path / "generation_config.json").read_text()))
+    model = SimpleNamespace(generation_config=generation, config=SimpleNamespace(model_max_length=4096), device="cpu")
+    messages = [{"role": "user", "content": HISTORY[0][0]}, {"role": "assistant", "content": HISTORY[0][1]},
+                {"role": "user", "content": LAST[0]}]
+    theirs = build_chat_input(model, tokenizer, messages)[0].tolist()
+    assert _ours(tokenizer, template, HISTORY[:1], LAST[0]) == theirs
+
+
+def test_internlm2_prompt_is_its_build_inputs():
+    tokenizer, template = _loaded("internlm2")
+    path = str(real_fixture("internlm2"))
+    model_cls = remote_class(path, "modeling_internlm2.InternLM2ForCausalLM") if _has_einops() else None
+    if model_cls is None:
+        pytest.skip("InternLM2's modeling file (which holds build_inputs) imports einops")
+    history = [tuple(turn) for turn in HISTORY[:1]]
+    theirs = model_cls.build_inputs(None, tokenizer, LAST[0], history=history)["input_ids"][0].tolist()
+    assert _ours(tokenizer, template, HISTORY[:1], LAST[0]) == theirs
+
+
+def _has_einops() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("einops") is not None
