@@ -37,9 +37,10 @@ def _check_inference_is_a_prefix_of_training(tokenizer, template):
     answer = tokenizer.decode(answer_ids, skip_special_tokens=False)
     assert LAST[1] in answer, (template.name, answer)
     eos = tokenizer.eos_token_id
-    if template.response_suffix.strip():  # the template's own end of turn, once, and no eos of ours after it
-        assert answer.count(template.response_suffix.strip()) == 1, (template.name, answer)
-        assert answer_ids.count(eos) == (1 if template.response_suffix.strip() == tokenizer.eos_token else 0)
+    if template.ends_turns_itself():  # the template's own end of turn, once, and no eos of ours after it
+        end = template.response_suffix.strip() or tokenizer.eos_token
+        assert answer.count(end) == 1, (template.name, answer)
+        assert answer_ids.count(eos) == (1 if end == tokenizer.eos_token else 0), (template.name, answer)
     else:
         assert answer_ids[-1] == eos and answer_ids.count(eos) == 1, (template.name, answer)
 
@@ -125,3 +126,71 @@ def _has_einops() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("einops") is not None
+
+
+# ---------------------------------------------------------------- the tokenizer's own chat template
+def _chatml_tokenizer(tiny_model):
+    """The tiny tokenizer dressed as a ChatML chat model: eos <|im_end|>, a Jinja chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                               "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                               "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    return tokenizer
+
+
+def test_hf_template_trains_and_prompts_with_the_tokenizers_own_template(tiny_model):
+    from unitune.chat_templates import resolve
+
+    tokenizer = _chatml_tokenizer(tiny_model)
+    template = resolve("hf", "alpaca", tokenizer)
+    assert template.stop == () and template.ends_turns_itself()  # <|im_end|> is eos: generation stops there
+    _check_inference_is_a_prefix_of_training(tokenizer, template)
+    messages = [{"role": "user", "content": q if i % 2 == 0 else a} for turn in HISTORY for i, (q, a) in
+                enumerate([turn, turn])]
+    messages = [{"role": ("user", "assistant")[i % 2], "content": m["content"]} for i, m in enumerate(messages)]
+    messages.append({"role": "user", "content": LAST[0]})
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert template.prompt_for(LAST[0], history=HISTORY) == expected
+    trained = D.encode(tokenizer, template, _record(), 4096, False)
+    trained_text = [tokenizer.decode([t]) for t, label in zip(trained["input_ids"], trained["labels"]) if label != -100]
+    assert "".join(trained_text) == "It is 2.<|im_end|>\nThat makes 5.<|im_end|>\nEight.<|im_end|>\n"
+
+
+def test_default_template_of_auto_is_the_tokenizers_and_a_named_one_that_differs_warns(tiny_model, caplog):
+    import logging
+
+    from unitune import chat_templates
+    from unitune.models import get_model_spec
+
+    tokenizer = _chatml_tokenizer(tiny_model)
+    assert chat_templates.resolve(None, get_model_spec("auto").template, tokenizer).name == "hf"
+    chat_templates._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="unitune.chat_templates"):
+        assert chat_templates.resolve(None, "alpaca", tokenizer).name == "alpaca"  # the model type's, as asked
+        chat_templates.resolve(None, "alpaca", tokenizer)
+    warnings = [r.getMessage() for r in caplog.records if "prompt differently" in r.getMessage()]
+    assert len(warnings) == 1 and "first difference at character 0" in warnings[0] and "--template hf" in warnings[0]
+
+
+@pytest.mark.parametrize("name", template_names())
+def test_every_template_as_jinja_renders_its_own_prompt(name, tiny_model):
+    """What merge writes as the merged tokenizer's chat_template prompts exactly as the template does."""
+    from transformers import AutoTokenizer
+
+    from unitune.chat_templates import to_jinja
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    template = get_template(name)
+    tokenizer.chat_template = to_jinja(template, tokenizer)
+    messages = [{"role": "system", "content": "Be brief."}]
+    for q, a in HISTORY:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    messages.append({"role": "user", "content": LAST[0]})
+    bos = tokenizer.bos_token if tokenizer.encode("a")[:1] == [tokenizer.bos_token_id] else ""
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == bos + template.prompt_for(LAST[0], history=HISTORY, system="Be brief.")
+    default_system = tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True)
+    assert default_system == bos + template.prompt_for(LAST[0], history=HISTORY)

@@ -176,6 +176,14 @@ def test_finetune_generate_merge_chat_and_serve(family, tmp_path):
     reloaded = load(ModelArgs(model_type=family, model_name_or_path=str(merged), compute_dtype="fp32",
                               trust_remote_code=True), mode="infer")
     tuned = load(replace(model_args(family), adapter=str(out)), mode="infer")
+    messages = [{"role": "user", "content": "Say the number 1."}, {"role": "assistant", "content": "One."},
+                {"role": "user", "content": "Say the number 2."}]
+    served = reloaded.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                    add_special_tokens=False, return_dict=False)
+    ours = tuned.tokenizer.encode(tuned.template.prompt_for("Say the number 2.", history=[("Say the number 1.", "One.")]))
+    if family == "chatglm":  # its tokenizer adds [gMASK] sop itself (they have no text form), as it does for us
+        ours = ours[2:]
+    assert list(served) == ours, (served, ours)
     ids = _ids(tuned.tokenizer, TEXTS[0])
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(input_ids=ids).logits, tuned.model(input_ids=ids).logits,

@@ -223,7 +223,7 @@ def encode(tokenizer, template, record: dict, cutoff_len: int, train_on_inputs: 
         stop = len(ids) if turn == len(bounds) - 1 else _common_prefix(
             tokenizer.encode(response_end, add_special_tokens=True), ids)
         labels[start:stop] = ids[start:stop]
-    if not template.response_suffix and tokenizer.eos_token_id is not None:
+    if not template.ends_turns_itself() and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
     ids, labels = ids[:cutoff_len], labels[:cutoff_len]
@@ -238,8 +238,8 @@ def tokenize(records: list[dict], tokenizer, template, cutoff_len: int, train_on
     import numpy as np
 
     digest = hashlib.sha256()
-    for part in (CACHE_VERSION, _tokenizer_fingerprint(tokenizer), json.dumps(template.__dict__, sort_keys=True,
-                 ensure_ascii=False), str(cutoff_len), str(train_on_inputs)):
+    for part in (CACHE_VERSION, _tokenizer_fingerprint(tokenizer), template.fingerprint(), str(cutoff_len),
+                 str(train_on_inputs)):
         digest.update(part.encode())
     digest.update(json.dumps(records, ensure_ascii=False, sort_keys=True).encode())
     fingerprint = digest.hexdigest()[:24]

@@ -48,7 +48,9 @@ def check_model_args(model_args) -> ModelSpec:
                            f"pass --trust_remote_code to allow it")
     if model_args.adapter and not Path(model_args.adapter).is_dir():
         raise UnituneError(f"--adapter {model_args.adapter}: no such adapter directory")
-    get_template(model_args.template or spec.template)
+    name = model_args.template or spec.template
+    if name and name != "hf":  # "hf" and an entry naming none are resolved once the tokenizer is loaded
+        get_template(name)
     return spec
 
 
@@ -146,8 +148,10 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
     if mode not in ("train", "infer", "merge"):
         raise ValueError(f"unknown mode {mode!r}")
     spec = check_model_args(model_args)
-    template = get_template(model_args.template or spec.template)
     tokenizer = load_tokenizer(model_args, spec, padding_side="right" if mode == "train" else "left")
+    from unitune.chat_templates import resolve as resolve_template
+
+    template = resolve_template(model_args.template, spec.template, tokenizer)
     dtype = resolve_dtype(model_args.compute_dtype)
     quant = None if mode == "merge" else _quantization_config(model_args, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}

@@ -161,6 +161,10 @@ def merge(model_args, merge_args) -> dict:
     try:
         merged = load(plain, mode="merge")  # the loader refuses methods that cannot merge
         merged.model.save_pretrained(tmp, max_shard_size=merge_args.max_shard_size)
+        from unitune.chat_templates import to_jinja
+
+        # the template it was trained with, as the tokenizer's chat_template: any server prompts it the same way
+        merged.tokenizer.chat_template = to_jinja(merged.template, merged.tokenizer)
         merged.tokenizer.save_pretrained(tmp)
         inputs = check_inputs(merged.tokenizer, merged.template)
         del merged

@@ -56,8 +56,9 @@ _SPECS = [
               ia3_feedforward=("down_proj",), notes="Qwen1.5 / Qwen2 / Qwen2.5"),
     ModelSpec("mistral", ("q_proj", "v_proj"), "self_attn", "mlp", "mistral",
               ia3_feedforward=("down_proj",), notes="Mistral / Mixtral-style dense"),
-    ModelSpec("auto", (), "self_attn", "mlp", "alpaca",
-              notes="any causal LM transformers loads; LoRA targets all linear layers unless given"),
+    ModelSpec("auto", (), "self_attn", "mlp", "",
+              notes="any causal LM transformers loads; LoRA targets all linear layers unless given; the tokenizer's "
+                    "own chat template where it ships one, else alpaca"),
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

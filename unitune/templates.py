@@ -46,6 +46,16 @@ class Template:
             out.append((prompt, None if response is None else response + self.response_suffix))
         return out
 
+    def ends_turns_itself(self) -> bool:
+        """Whether the template writes its own end-of-turn text (then training adds no eos after it)."""
+        return bool(self.response_suffix)
+
+    def fingerprint(self) -> str:
+        """What the tokenized-data cache keys this template by."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "tokenizer"}
+        fields["chat_template"] = getattr(getattr(self, "tokenizer", None), "chat_template", None)
+        return json.dumps(fields, sort_keys=True, ensure_ascii=False)
+
     def prompt_for(self, instruction: str, input: str = "", history: list | None = None,
                    system: str | None = None) -> str:
         """The full text a model continues to answer `instruction`."""
