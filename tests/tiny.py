@@ -26,15 +26,16 @@ def build_tokenizer(out: Path, vocab_size: int = 400):
     fast.save_pretrained(out)
     return fast
 
-# Tiny checkpoints with the real published code of the remote-code families (../shared/fixtures/remote, beside
+# Tiny checkpoints with the real published code of the remote-code families (chatglm3 shares ChatGLM2's: same
+# architecture and tokenizer code, another chat format) (../shared/fixtures/remote, beside
 # the repository; read-only, never copied into it). Tests of these families skip where it is absent.
 REMOTE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "remote"
-REAL = {"chatglm": "chatglm2-6b", "baichuan": "baichuan2-13b-chat", "internlm2": "internlm2-chat-7b",
+REAL = {"chatglm": "chatglm2-6b", "chatglm3": "chatglm2-6b", "baichuan": "baichuan2-13b-chat", "internlm2": "internlm2-chat-7b",
         "moss": "moss-moon-003-sft"}
 
 # One tiny model per --model_type: the real fixture where there is one, else a native class with the family's
 # real module names (see unitune/models.py).
-FAMILIES = ["llama", "chatglm", "bloom", "moss", "internlm", "internlm2", "baichuan", "qwen2", "mistral", "auto"]
+FAMILIES = ["llama", "chatglm", "chatglm3", "bloom", "moss", "internlm", "internlm2", "baichuan", "qwen2", "mistral", "auto"]
 HIDDEN, LAYERS, HEADS = 32, 2, 4  # the real fixtures have 2 layers too
 
 
