@@ -82,6 +82,9 @@ def run(argv: list[str] | None = None) -> dict:
         from unitune.env import require_extra
 
         require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
+    if data_args.packing and not method.packable:
+        raise UnituneError(f"--packing cannot be used with --peft_type {peft_args.peft_type}: it adds virtual "
+                           f"tokens to every example, which a packed row cannot hold")
     resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
     if resume == "latest" and not list(Path(train_args.output_dir).glob("checkpoint-*/trainer_state.json")):
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
@@ -108,15 +111,26 @@ def run(argv: list[str] | None = None) -> dict:
                  len(eval_records))
         del base
 
+    from transformers import set_seed
+
+    set_seed(train_args.seed)  # before the method builds its weights: --seed also fixes their initialization
     loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
     method = loaded.method or method  # --adapter: the saved adapter's kind decides callbacks and saving
     tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
                            data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
+    if data_args.packing:
+        from unitune.packing import check_isolation, pack
+
+        check_isolation(loaded.model, train_set, model_args.model_type)
+        rows = pack(train_set, data_args.cutoff_len)
+        log.info("packed %d examples into %d rows of at most %d tokens", len(train_set), len(rows),
+                 data_args.cutoff_len)
+        train_set, val_set = rows, pack(val_set, data_args.cutoff_len)
     trainable, total = count_parameters(loaded.model)
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
 
-    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set)
+    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, data_args.packing)
     out = Path(train_args.output_dir)
     started = time.time()
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
@@ -148,12 +162,13 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
+def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False):
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from unitune.callbacks import ProgressBar
     from unitune.data import Collator
+    from unitune.packing import PackedCollator
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
@@ -184,8 +199,11 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
         ddp_find_unused_parameters=False if world > 1 else None,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
+    collator = (PackedCollator if packing else Collator)(loaded.tokenizer.pad_token_id)
+    # packed rows carry no attention mask: the Trainer counts non-padding tokens against the tokenizer's pad id
     trainer = Trainer(model=loaded.model, args=targs, train_dataset=train_set, eval_dataset=val_set or None,
-                      data_collator=Collator(loaded.tokenizer.pad_token_id), callbacks=callbacks)
+                      data_collator=collator, callbacks=callbacks,
+                      processing_class=loaded.tokenizer if packing else None)
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; raw log dicts would garble it
     return trainer
 
