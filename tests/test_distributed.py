@@ -57,3 +57,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model, 
     assert two.stdout.count("adapter saved to") == 1
     assert two.stderr.count("tokenized data: 16 examples, cached") == 1  # tokenized once, by the main process
     assert two.stderr.count("cache hit") == 1  # the other process read the cache
+
+
+def test_deepspeed_and_fsdp_are_refused_on_a_cpu_machine_before_loading(tmp_path, monkeypatch):
+    from unitune import train as T
+    from unitune.errors import UnituneError
+
+    out = tmp_path / "never"
+    with pytest.raises(UnituneError, match=r"--deepspeed shards model states over GPUs and this machine has none"):
+        T.run(["--deepspeed", "ds_zero3", "--output_dir", str(out)])
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UnituneError, match=r"FSDP \(accelerate config\) shards model states over GPUs"):
+        T.run(["--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_shipped_deepspeed_configs_are_valid_json_with_the_zero_stage_in_their_name():
+    from unitune.paths import asset_dir
+
+    configs = {p.stem: json.loads(p.read_text()) for p in asset_dir("configs").glob("ds_*.json")}
+    assert set(configs) == {"ds_zero2", "ds_zero3", "ds_zero2_offload", "ds_zero3_offload"}
+    for name, config in configs.items():
+        assert config["zero_optimization"]["stage"] == int(name[len("ds_zero")])
+        assert ("offload_optimizer" in config["zero_optimization"]) == name.endswith("offload")

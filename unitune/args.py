@@ -134,6 +134,8 @@ class TrainArgs:
     report_to: str = flag("none", "none, tensorboard or wandb")
     local_rank: int = flag(-1, "set by torchrun / deepspeed launchers", aliases=("--local-rank",))
     dataloader_num_workers: int = flag(0, "worker processes for batching")
+    deepspeed: Optional[str] = flag(None, "DeepSpeed config: a JSON path, or one shipped in configs/: ds_zero2, "
+                                    "ds_zero3, ds_zero2_offload, ds_zero3_offload (GPUs only)")
 
 
 @dataclass

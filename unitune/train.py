@@ -54,6 +54,31 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def check_engines(train_args) -> None:
+    """DeepSpeed and FSDP shard over GPUs: refused on a CPU-only machine, with the reason, before loading."""
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by `accelerate launch` with FSDP
+    if not (train_args.deepspeed or fsdp):
+        return
+    engine = "--deepspeed" if train_args.deepspeed else "FSDP (accelerate config)"
+    if not torch.cuda.is_available():
+        raise UnituneError(f"{engine} shards model states over GPUs and this machine has none: train with plain "
+                           f"torchrun (gloo) here, or on a GPU machine")
+    if train_args.deepspeed:
+        from unitune.env import require_extra
+        from unitune.paths import asset_dir
+
+        require_extra("deepspeed", ("deepspeed",), "--deepspeed")
+        path = Path(train_args.deepspeed)
+        shipped = asset_dir("configs") / f"{train_args.deepspeed}.json"
+        if not path.is_file() and shipped.is_file():
+            train_args.deepspeed = str(shipped)
+        elif not path.is_file():
+            raise UnituneError(f"--deepspeed {train_args.deepspeed}: no such file, and not one of the shipped "
+                               f"configs ({', '.join(sorted(p.stem for p in asset_dir('configs').glob('ds_*.json')))})")
+
+
 def interval(given: int | None, total_steps: int, per_run: int) -> int:
     """A save/log interval: the user's, else about `per_run` per run; never 0 on a small data set."""
     if given is not None:
@@ -79,6 +104,7 @@ def run(argv: list[str] | None = None) -> dict:
         from unitune.env import require_extra
 
         require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
+    check_engines(train_args)
     if train_args.global_batch_size is not None:
         per_pass = train_args.per_gpu_train_batch_size * world_size()
         if train_args.global_batch_size < 1 or train_args.global_batch_size % per_pass:
@@ -205,6 +231,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
         ddp_find_unused_parameters=False if world > 1 else None,
         # without a GPU, torchrun's processes are a gloo group that accelerate only forms when told "cpu"
         use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        deepspeed=train_args.deepspeed,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
     collator = (PackedCollator if packing else Collator)(loaded.tokenizer.pad_token_id)
