@@ -90,19 +90,23 @@ def build_prompt(model, spec, peft_args):
     wrapped = _wrap(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=peft_args.num_virtual_tokens,
                                               prompt_tuning_init="RANDOM"))
     if peft_args.prompt_init == "text":
-        init_from_text(wrapped, peft_args.prompt_init_text or DEFAULT_INIT_TEXT)
+        init_from_text(wrapped, peft_args.prompt_init_text or DEFAULT_INIT_TEXT, spec.family)
     return wrapped
 
 
-def init_from_text(peft_model, text: str) -> None:
+def init_from_text(peft_model, text: str, family: str = "") -> None:
     """Start the virtual tokens at the embeddings of `text`'s tokens (repeated to fill them)."""
     import torch
     from transformers import AutoTokenizer
 
+    from unitune import families
+
     base = peft_model.get_base_model()
+    path = base.config._name_or_path  # the checkpoint (the loader records it, not a conversion cache)
     # a model whose class came from the checkpoint's own code was loaded with --trust_remote_code
     remote = type(base).__module__.startswith("transformers_modules")
-    tokenizer = AutoTokenizer.from_pretrained(base.name_or_path, trust_remote_code=remote)
+    tokenizer = (families.load_tokenizer(family, path)
+                 or AutoTokenizer.from_pretrained(path, trust_remote_code=remote))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise UnituneError(f"--prompt_init_text {text!r} has no tokens")
