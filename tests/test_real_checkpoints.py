@@ -214,3 +214,18 @@ def test_finetune_generate_merge_chat_and_serve(family, tmp_path):
         answer = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=4,
                                                 messages=[{"role": "user", "content": "Say the number 3."}])
         assert answer.choices[0].message.content is not None and answer.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("family", list(REAL))
+def test_saved_tokenizer_reloads_the_same(family, tmp_path):
+    """The tokenizer written beside an adapter or merged model (its class file travels along) encodes the same."""
+    from unitune.families import load_tokenizer
+    from unitune.models import get_model_spec
+
+    spec = get_model_spec(family)
+    tokenizer = load_tokenizer(spec.family, str(fixture(family)))
+    tokenizer.save_pretrained(tmp_path)
+    again = load_tokenizer(spec.family, str(tmp_path))
+    assert type(again).__name__ == type(tokenizer).__name__
+    for text in TEXTS:
+        assert again.encode(text) == tokenizer.encode(text), family

@@ -86,8 +86,13 @@ def converted(path: str | Path, family: str) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    native.save_pretrained(tmp)  # config.json last: its presence marks a complete conversion
-    tmp.replace(out) if not out.exists() else None
+    native.save_pretrained(tmp)
+    try:
+        tmp.replace(out)  # atomic: a directory with a config.json is a complete conversion
+    except OSError:  # another process converted it meanwhile
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %s (%s) to native %s in %s", src, family, native.model_type, out)
     return out
 
@@ -100,7 +105,31 @@ def load_tokenizer(family: str, path: str):
         return None
     tokenizer = module.load_tokenizer(path)
     type(tokenizer).register_for_auto_class("AutoTokenizer")
+    keep_bos_eos_flags(type(tokenizer))
     return tokenizer
+
+
+def keep_bos_eos_flags(cls: type) -> None:
+    """transformers 5's save_pretrained drops add_bos_token / add_eos_token from tokenizer_config.json (a fast
+    tokenizer keeps them in its post-processor); a python tokenizer whose __init__ defaults them otherwise (Baichuan's
+    add_bos_token=True against its checkpoint's false) reloads changed. Write them back after saving."""
+    if getattr(cls, "_unitune_keeps_flags", False):
+        return
+    original = cls.save_pretrained
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        saved = original(self, save_directory, *args, **kwargs)
+        file = Path(save_directory) / "tokenizer_config.json"
+        if file.is_file():
+            config = json.loads(file.read_text(encoding="utf-8"))
+            for flag in ("add_bos_token", "add_eos_token"):
+                if isinstance(getattr(self, flag, None), bool):
+                    config[flag] = getattr(self, flag)
+            file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        return saved
+
+    cls.save_pretrained = save_pretrained
+    cls._unitune_keeps_flags = True
 
 
 def converts(family: str, path: str) -> bool:
