@@ -26,7 +26,7 @@ _MARKER = re.compile(r"(?:Answer|答案)\s*[:：]", re.I)
 _GROUP = re.compile(r"[(（]([^()（）]*)[)）]")
 _SEP = re.compile(r"[,，;；、|]")
 _LIST_SEP = re.compile(r"[,，;；、|\n]")
-_EMPTY = {"", "无", "没有", "none", "null", "n/a", "[]", "{}", "()", "（）", "空"}
+_EMPTY = {"无", "没有", "none", "null", "n/a", "[]", "{}", "()", "（）", "空"}
 
 
 def _answer_part(text: str) -> str:
