@@ -74,7 +74,7 @@ def test_generate_mode_local_and_through_web_py_agree(tmp_path):
                       "k", "--batch_size", "2", "--output_dir", str(tmp_path / "remote")])
     by_local = {p["id"]: p["prediction"] for p in _lines(Path(local["predictions"]))}
     by_remote = {p["id"]: p["prediction"] for p in _lines(Path(remote["predictions"]))}
-    assert by_local == by_remote
+    assert by_local == by_remote and any(by_local.values())
     assert remote["overall"] == local["overall"] and remote["unparsed"] == local["unparsed"]
     assert local["predictions"] != remote["predictions"]  # another answerer: another predictions file
 

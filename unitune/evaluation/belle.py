@@ -1,4 +1,4 @@
-"""Belle-eval (LianjiaTech/BELLE eval/): 1,000 questions in 9 classes, each answer scored 0-1 by a judge model.
+"""Belle-eval (LianjiaTech/BELLE eval/): 1,000 questions in 10 classes, each answer scored 0-1 by a judge model.
 
 Data: the official JSON Lines set `{question, std_answer, class}` and the judge prompts `{class, prompt}`
 (`--data` and `--judge_prompts`, or `--data_dir` holding eval_set.json / eval_prompt.json or
