@@ -19,13 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class LocalAnswerer:
-    def __init__(self, model_args, gen_args, batch_size: int = 8, letters: str = "ABCD") -> None:
+    def __init__(self, model_args, gen_args, batch_size: int = 8, letters: str = "ABCD", loaded=None) -> None:
         from unitune.loader import check_model_args
 
         self.model_args, self.gen_args, self.batch_size, self.letters = model_args, gen_args, batch_size, letters
         self.spec = check_model_args(model_args)  # a bad flag fails here, before anything loads
         self.gen_kwargs = gen_args.generate_kwargs()
-        self._loaded = None
+        self._loaded = loaded  # a model already in memory (training's base or tuned model), else loaded on use
 
     def identity(self) -> dict:
         from unitune.evaluation.predict import fingerprint_dir

@@ -125,6 +125,60 @@ def evaluate(opts: Options, model_args, gen_args) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- benchmarks at the end of training
+TRAIN_BENCHMARKS = ("mmcu", "ceval", "cmmlu", "ie")  # belle needs a judge: run it on the saved adapter
+
+
+def training_options(names: list[str], data_root: str | None, output_dir: str | Path) -> list[Options]:
+    """One checked Options per --eval_benchmarks name, before any model loads. Data: <data_root>/<name>
+    (a folder; for ie an optional <data_root>/ie.jsonl, else the embedded held-out set)."""
+    from unitune.paths import data_dir
+
+    root = Path(data_root) if data_root else data_dir()
+    out = []
+    for name in names:
+        bench = get_benchmark(name)
+        if name not in TRAIN_BENCHMARKS:
+            raise UnituneError(f"--eval_benchmarks {name}: needs a judge model; score the saved adapter with "
+                               f"python -m unitune.eval {name} --lora_dir ... after training")
+        opts = Options(benchmark=name, output_dir=str(Path(output_dir) / "eval" / name))
+        for key, value in bench.defaults:
+            setattr(opts, key, value)
+        opts.method = opts.method or "generate"
+        if name == "ie":
+            opts.data = str(root / "ie.jsonl") if (root / "ie.jsonl").is_file() else None
+        else:
+            if not (root / name).is_dir():
+                raise UnituneError(f"--eval_benchmarks {name}: no data folder {root / name} (put a copy of "
+                                   f"{name} there, or name another folder with --eval_benchmark_dir)")
+            opts.data_dir = str(root / name)
+        check(opts, bench.impl(), None)
+        out.append(opts)
+    return out
+
+
+def evaluate_loaded(opts: Options, loaded, model_args, max_new_tokens: int, label: str) -> dict:
+    """A benchmark run on a model already in memory (the base before training, the tuned model after)."""
+    from unitune.evaluation.answerers import LocalAnswerer
+    from unitune.evaluation.predict import predict
+    from unitune.evaluation.report import summary_line, write_result
+
+    gen_args = A.GenerationArgs(max_new_tokens=32 if opts.benchmark != "ie" else max_new_tokens)
+    answerer = LocalAnswerer(model_args, gen_args, opts.batch_size, loaded=loaded)
+    impl = get_benchmark(opts.benchmark).impl()
+    questions = impl.questions(opts)
+    records, source = predict(opts.benchmark, opts.method, questions, answerer, opts.output_dir, opts.batch_size)
+    result = impl.score(records, opts, source)
+    if result["overall"] is None:
+        raise UnituneError(f"{opts.benchmark}: no answer could be scored")
+    result.update(label=label, predictions=str(source), settings={"method": opts.method, "n_shot": opts.n_shot,
+                                                                  "answerer": answerer.identity()})
+    paths = write_result(result, opts.output_dir)
+    log.info("%s (%s)", summary_line(result), label)
+    return {"overall": result["overall"], "n": result["n"], "unparsed": result["unparsed"],
+            "headline": result.get("headline"), "result": str(paths["json"])}
+
+
 def main(argv: list[str] | None = None):
     from unitune.evaluation.report import compare, summary_line
 

@@ -27,8 +27,11 @@ def fingerprint_dir(path: str | None) -> list | None:
     if not path:
         return None
     root = Path(path)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    # a training output dir also holds checkpoints and these evaluations' own files: not the model
+    files = [p for p in files if not p.relative_to(root).parts[0].startswith(("checkpoint-", "eval"))]
     return [str(root.resolve())] + sorted([str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns]
-                                          for p in root.rglob("*") if p.is_file())
+                                          for p in files)
 
 
 def run_key(benchmark: str, method: str, questions: list[dict], identity: dict) -> str:
