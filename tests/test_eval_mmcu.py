@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,11 @@ PUBLISHED = {
     "MOSS16B": (0.234, 0.133, 0.211, 0.253, 0.208),
     "gpt3.5turbo": (0.512, 0.239, 0.447, 0.455, 0.413),
 }
-# one question a record: prediction|||answer|||correct, a reference may carry a line break; the closing
-# `Average accuracy ...` summary line is not a question
-_LINE = re.compile(r"(.*?)\|\|\|(.*?)\|\|\|(True|False)\n", re.S)
 
 
 def convert(model_dir: Path, out: Path) -> int:
     """The published result files of one model as a predictions JSONL file; returns the question count."""
-    lines = []
-    for path in sorted((model_dir / "zero_shot").iterdir()):
-        for prediction, answer, _ in _LINE.findall(path.read_text(encoding="utf-8")):
-            lines.append({"prediction": prediction, "answer": answer, "subject": path.name,
-                          "domain": mmcu.domain_of(path.name)})
+    lines = mmcu.published_records(model_dir)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
     return len(lines)
 

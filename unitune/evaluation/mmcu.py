@@ -143,6 +143,27 @@ def questions(opts) -> list[dict]:
     return out
 
 
+def published_records(results_dir: str | Path) -> list[dict]:
+    """The MMCU repository's per-question result files of one model (`<model>/zero_shot/<subject>`, a line
+    `prediction|||answer|||correct` a question, a reference may carry a line break, a closing `Average
+    accuracy ...` line that is not a question) as predictions records."""
+    import re
+
+    line = re.compile(r"(.*?)\|\|\|(.*?)\|\|\|(True|False)\n", re.S)
+    folder = Path(results_dir)
+    folder = folder / "zero_shot" if (folder / "zero_shot").is_dir() else folder
+    if not folder.is_dir():
+        raise UnituneError(f"{folder}: no such folder of MMCU result files")
+    out = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        domain = domain_of(path.name)
+        if domain is None:
+            raise UnituneError(f"{path}: cannot tell the MMCU domain from the file name")
+        out += [{"prediction": pred, "answer": answer, "subject": path.name, "domain": domain}
+                for pred, answer, _ in line.findall(path.read_text(encoding="utf-8"))]
+    return out
+
+
 # ---------------------------------------------------------------- scoring
 def score(records: list[dict], opts=None, path=None) -> dict:
     graded = []
