@@ -63,6 +63,8 @@ class DataArgs:
     train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")
     max_samples: Optional[int] = flag(None, "use at most this many training records per dataset")
     cache_dir: Optional[str] = flag(None, "tokenized-data cache; default ~/.cache/unitune/tokenized")
+    data_dir: Optional[str] = flag(None, "where registered datasets that unitune does not ship (Alpaca-CoT's, ...) "
+                                   "are found and fetched to; default $UNITUNE_DATA_DIR or ~/.cache/unitune/data")
 
 
 @dataclass

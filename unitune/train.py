@@ -79,6 +79,10 @@ def run(argv: list[str] | None = None) -> dict:
     method.validate(spec, model_args, peft_args, train_args)
     if train_args.report_to not in ("none", "tensorboard", "wandb"):
         raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
+    if train_args.report_to != "none":
+        from unitune.env import require_extra
+
+        require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
     resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
     if resume == "latest" and not list(Path(train_args.output_dir).glob("checkpoint-*/trainer_state.json")):
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
@@ -89,8 +93,9 @@ def run(argv: list[str] | None = None) -> dict:
         from unitune.evaluation.cli import training_options
 
         benchmarks = training_options(data_args.eval_benchmarks, data_args.eval_benchmark_dir, train_args.output_dir)
-    records = D.load_datasets(data_args.data, data_args.max_samples)
-    eval_paths = [D.resolve(p) for p in data_args.eval_data] if data_args.eval_data else D.eval_files(data_args.data)
+    records = D.load_datasets(data_args.data, data_args.max_samples, data_args.data_dir)
+    eval_paths = ([p for name in data_args.eval_data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
+                  if data_args.eval_data else D.eval_files(data_args.data))
     eval_records = [r for p in eval_paths for r in D.load_file(p)][: data_args.eval_samples]
     setup_logging()  # only now: bad data must leave exactly one error line, no progress lines before it
     log.info("read %d training records from %s and %d held-out records", len(records),

@@ -80,4 +80,8 @@ def resolve_method(peft_type: str) -> tuple[Method, dict]:
         choices = sorted(set(METHODS) | set(preset_names()))
         where = f" (named by peft/{peft_type}.yaml)" if method_name != peft_type else ""
         raise UnituneError(f"unknown --peft_type {method_name!r}{where}; choose one of: {', '.join(choices)}")
-    return METHODS[method_name], preset
+    method = METHODS[method_name]
+    if not preset and method.name != peft_type:  # an alias (prefix_tuning) takes its method's preset
+        preset = read_preset(method.name)
+        preset.pop("method", None)
+    return method, preset
