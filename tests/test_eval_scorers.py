@@ -164,3 +164,11 @@ def test_bad_flags_and_files_are_one_line_errors(tmp_path):
         run(["ie", "--predictions", str(tmp_path / "x.jsonl")])
     with pytest.raises(UnituneError, match="--method logits: ie is scored by generate"):
         run(["ie", "--method", "logits", "--predictions", str(tmp_path / "x.jsonl")])
+
+
+def test_cot_ablation_strips_rationales_to_the_answer_line():
+    from bench.cot_ablation import strip_rationale
+
+    assert strip_rationale("Head: A\nRelation: r\nTail: B\nAnswer: (A, r, B)") == "Answer: (A, r, B)"
+    assert strip_rationale("先算 3+4=7。\n再乘 2 得 14。\n答案：14") == "答案：14"
+    assert strip_rationale("no marker here") == "no marker here"
