@@ -147,3 +147,24 @@ def test_score_parsing(reply, value):
 def test_class_names_are_normalized():
     assert belle.normalize_class("closed\xa0qa") == belle.normalize_class("closed QA") == "closed qa"
     assert belle.normalize_class(" Open  QA ") == "open qa"
+
+
+@needs_belle
+def test_belle_generating_run_answers_then_judges(tmp_path):
+    """The model under test answers the first questions of the real set (embedded default), the judge scores."""
+    rows = [json.loads(line) for line in (BELLE / "belle_eval_set.json").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    judge = FakeJudge([r["question"] for r in rows])
+    try:
+        result = run(["belle", "--data_dir", str(BELLE), "--max_samples", "6", "--max_new_tokens", "8",
+                      "--judge_base_url", judge.url, "--judge_model", "fake-judge", "--judge_backoff", "0.01",
+                      "--judge_cache", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")])
+    finally:
+        judge.server.shutdown()
+    assert result["n"] == 6 and result["unparsed"] == sum(expected(i) is None for i in range(6))
+    preds = [json.loads(line) for line in Path(result["predictions"]).read_text(encoding="utf-8").splitlines()]
+    assert [p["question"] for p in preds] == [r["question"] for r in rows[:6]]
+    for p in preds:  # the judge saw each generated answer with its question
+        assert any(f" {p['question']} " in m and f"模型回答：'{p['prediction']}'" in m for m in judge.messages)
+    judged = (tmp_path / "out" / "judgements.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(judged) == 6
