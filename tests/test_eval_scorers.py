@@ -172,3 +172,42 @@ def test_cot_ablation_strips_rationales_to_the_answer_line():
     assert strip_rationale("Head: A\nRelation: r\nTail: B\nAnswer: (A, r, B)") == "Answer: (A, r, B)"
     assert strip_rationale("先算 3+4=7。\n再乘 2 得 14。\n答案：14") == "答案：14"
     assert strip_rationale("no marker here") == "no marker here"
+
+
+def test_ceval_and_mmcu_generating_runs_on_a_tiny_model(tmp_path, tiny_model):
+    """Whole runs from data files through a local model: C-Eval by logits and by generation, MMCU from xlsx."""
+    import openpyxl
+
+    model = str(tiny_model("llama"))
+    head = "id,question,A,B,C,D,answer,explanation\n"
+    (tmp_path / "ceval" / "val").mkdir(parents=True)
+    (tmp_path / "ceval" / "val" / "logic_val.csv").write_text(
+        head + "".join(f"{i},问题{i},甲,乙,丙,丁,{'ABCD'[i % 4]},\n" for i in range(6)), encoding="utf-8")
+    for method in ("logits", "generate"):
+        result = run(["ceval", "--method", method, "--data_dir", str(tmp_path / "ceval"), "--model_name_or_path",
+                      model, "--max_new_tokens", "4", "--output_dir", str(tmp_path / method)])
+        assert result["n"] == 6 and list(result["breakdown"]["category"]) == ["Humanities"]
+        assert 0.0 <= result["overall"] <= 1.0
+    assert result["unparsed"] <= 6  # generate: counted, never guessed
+    (tmp_path / "mmcu").mkdir()
+    book = openpyxl.Workbook()
+    book.active.title = "法律"
+    book.active.append(["题目", "A", "B", "C", "D", "正确答案"])
+    for i in range(3):
+        book.active.append([f"问题{i}", "甲", "乙", "丙", "丁", "AB"])
+    book.save(tmp_path / "mmcu" / "法律.xlsx")
+    result = run(["mmcu", "--data_dir", str(tmp_path / "mmcu"), "--model_name_or_path", model,
+                  "--max_new_tokens", "4", "--output_dir", str(tmp_path / "mmcu-out")])
+    assert result["n"] == 3 and list(result["breakdown"]["domain"]) == ["law"]
+    assert result["domains_missing"] == ["medicine", "psychology", "education"]
+
+
+def test_a_failed_run_leaves_no_older_result(tmp_path):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    _write(good, [{"prediction": "(a,b,c)", "answer": "(a,b,c)"}])
+    _write(bad, [{"prediction": "(a,b,c)", "answer": "(a,b,c)"}, {"prediction": "x", "answer": "答案："}])
+    run(["ie", "--predictions", str(good), "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "result.json").is_file()
+    with pytest.raises(UnituneError, match="line 2: field 'answer' holds no tuples"):
+        run(["ie", "--predictions", str(bad), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "result.json").exists()

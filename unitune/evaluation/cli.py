@@ -107,6 +107,8 @@ def evaluate(opts: Options, model_args, gen_args) -> dict:
     impl = get_benchmark(opts.benchmark).impl()
     check(opts, impl, model_args)
     settings = {"method": opts.method, "n_shot": opts.n_shot}
+    for name in ("result.json", "result.md", "result.png"):  # a failed run must not leave an older result
+        (Path(opts.output_dir) / name).unlink(missing_ok=True)
     if opts.predictions:
         records, source = read_predictions(opts.predictions, impl.FIELDS), opts.predictions
     else:

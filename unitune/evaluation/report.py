@@ -83,8 +83,8 @@ def write_result(result: dict, output_dir: str | Path) -> dict[str, Path]:
     paths = {"json": out / "result.json", "markdown": out / "result.md", "chart": out / "result.png"}
     names, scores = chart_rows(result)
     display = result.get("display", {})
-    png = _png(names, {result.get("label") or result["benchmark"]: scores}, f"{result['benchmark']}",
-               display.get("scale", 1))
+    title = f"{result['benchmark']}: {result['label']}" if result.get("label") else result["benchmark"]
+    png = _png(names, {result.get("label") or result["benchmark"]: scores}, title, display.get("scale", 1))
     write_atomic(paths["markdown"], markdown(result))
     write_atomic(paths["chart"], png)
     write_atomic(paths["json"], json_dump(result))  # last: a result.json always has its table and chart
