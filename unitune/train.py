@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from unitune import args as A
+from unitune.distributed import is_main_process, main_process_first, world_size
 from unitune.errors import UnituneError
 
 log = logging.getLogger("unitune")
@@ -54,6 +55,31 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def check_engines(train_args) -> None:
+    """DeepSpeed and FSDP shard over GPUs: refused on a CPU-only machine, with the reason, before loading."""
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by `accelerate launch` with FSDP
+    if not (train_args.deepspeed or fsdp):
+        return
+    engine = "--deepspeed" if train_args.deepspeed else "FSDP (accelerate config)"
+    if not torch.cuda.is_available():
+        raise UnituneError(f"{engine} shards model states over GPUs and this machine has none: train with plain "
+                           f"torchrun (gloo) here, or on a GPU machine")
+    if train_args.deepspeed:
+        from unitune.env import require_extra
+        from unitune.paths import asset_dir
+
+        require_extra("deepspeed", ("deepspeed",), "--deepspeed")
+        path = Path(train_args.deepspeed)
+        shipped = asset_dir("configs") / f"{train_args.deepspeed}.json"
+        if not path.is_file() and shipped.is_file():
+            train_args.deepspeed = str(shipped)
+        elif not path.is_file():
+            raise UnituneError(f"--deepspeed {train_args.deepspeed}: no such file, and not one of the shipped "
+                               f"configs ({', '.join(sorted(p.stem for p in asset_dir('configs').glob('ds_*.json')))})")
+
+
 def interval(given: int | None, total_steps: int, per_run: int) -> int:
     """A save/log interval: the user's, else about `per_run` per run; never 0 on a small data set."""
     if given is not None:
@@ -61,10 +87,6 @@ def interval(given: int | None, total_steps: int, per_run: int) -> int:
             raise UnituneError(f"intervals must be at least 1, got {given}")
         return given
     return max(1, total_steps // per_run)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -83,6 +105,17 @@ def run(argv: list[str] | None = None) -> dict:
         from unitune.env import require_extra
 
         require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
+    check_engines(train_args)
+    if train_args.global_batch_size is not None:
+        per_pass = train_args.per_gpu_train_batch_size * world_size()
+        if train_args.global_batch_size < 1 or train_args.global_batch_size % per_pass:
+            raise UnituneError(f"--global_batch_size {train_args.global_batch_size} is not a multiple of "
+                               f"--per_gpu_train_batch_size {train_args.per_gpu_train_batch_size} x "
+                               f"{world_size()} process(es)")
+        train_args.gradient_accumulation_steps = train_args.global_batch_size // per_pass
+    if data_args.packing and not method.packable:
+        raise UnituneError(f"--packing cannot be used with --peft_type {peft_args.peft_type}: it adds virtual "
+                           f"tokens to every example, which a packed row cannot hold")
     resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
     if resume == "latest" and not list(Path(train_args.output_dir).glob("checkpoint-*/trainer_state.json")):
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
@@ -117,15 +150,27 @@ def run(argv: list[str] | None = None) -> dict:
             results["base_benchmarks"] = run_benchmarks(benchmarks, base, model_args, max_new, "base")
         del base
 
+    from transformers import set_seed
+
+    set_seed(train_args.seed)  # before the method builds its weights: --seed also fixes their initialization
     loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
     method = loaded.method or method  # --adapter: the saved adapter's kind decides callbacks and saving
-    tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
-                           data_args.train_on_inputs, data_args.cache_dir)
+    with main_process_first():  # one process tokenizes into the cache, the others read it
+        tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
+                               data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
+    if data_args.packing:
+        from unitune.packing import check_isolation, pack
+
+        check_isolation(loaded.model, train_set, model_args.model_type)
+        rows = pack(train_set, data_args.cutoff_len)
+        log.info("packed %d examples into %d rows of at most %d tokens", len(train_set), len(rows),
+                 data_args.cutoff_len)
+        train_set, val_set = rows, pack(val_set, data_args.cutoff_len)
     trainable, total = count_parameters(loaded.model)
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
 
-    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set)
+    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, data_args.packing)
     out = Path(train_args.output_dir)
     started = time.time()
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
@@ -139,8 +184,9 @@ def run(argv: list[str] | None = None) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     results["final_loss"] = history[-1]["loss"] if history else None
 
+    save_weights(loaded, method, trainer, out)  # every process: sharded states gather collectively
     if is_main_process():
-        save_outputs(loaded, method, trainer, out, model_args, data_args, peft_args, train_args)
+        save_outputs(loaded, trainer, out, model_args, data_args, peft_args, train_args)
         if eval_records:
             loaded.model.eval()
             loaded.model.config.use_cache = True
@@ -173,14 +219,15 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
+def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False):
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from unitune.callbacks import ProgressBar
     from unitune.data import Collator
+    from unitune.packing import PackedCollator
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
     total_steps = train_args.max_steps if train_args.max_steps > 0 else math.ceil(train_args.epochs * steps_per_epoch)
@@ -207,25 +254,40 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
         dataloader_num_workers=train_args.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         ddp_find_unused_parameters=False if world > 1 else None,
+        # without a GPU, torchrun's processes are a gloo group that accelerate only forms when told "cpu"
+        use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        deepspeed=train_args.deepspeed,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
+    collator = (PackedCollator if packing else Collator)(loaded.tokenizer.pad_token_id)
+    # packed rows carry no attention mask: the Trainer counts non-padding tokens against the tokenizer's pad id
     trainer = Trainer(model=loaded.model, args=targs, train_dataset=train_set, eval_dataset=val_set or None,
-                      data_collator=Collator(loaded.tokenizer.pad_token_id), callbacks=callbacks)
+                      data_collator=collator, callbacks=callbacks,
+                      processing_class=loaded.tokenizer if packing else None)
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; raw log dicts would garble it
     return trainer
 
 
-def save_outputs(loaded, method, trainer, out: Path, *groups) -> None:
-    """Adapter, tokenizer, replayable config, loss log and loss curve."""
+def save_weights(loaded, method, trainer, out: Path) -> None:
+    """The adapter (or model): the method's own format, else through the Trainer, which gathers ZeRO-3 /
+    FSDP shards and writes on the main process only."""
+    if method.save is not None:
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            method.save(loaded.model, out)
+        return
+    trainer.save_model(str(out))
+    if is_main_process():
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; unitune_config.yaml replays the run
+
+
+def save_outputs(loaded, trainer, out: Path, *groups) -> None:
+    """Tokenizer, replayable config, loss log and loss curve beside the adapter."""
     import yaml
 
     from unitune.callbacks import plot_loss
 
     out.mkdir(parents=True, exist_ok=True)
-    if method.save is not None:
-        method.save(loaded.model, out)
-    else:
-        loaded.model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
     config = A.to_flat_dict(*groups)
     config.pop("local_rank", None)

@@ -40,6 +40,7 @@ class Method:
     callbacks: Callable[..., list] = _no_callbacks
     load: Callable[..., Any] | None = None
     save: Callable[..., None] | None = None  # save(model, out_dir); None: model.save_pretrained (peft)
+    packable: bool = True  # False: the method adds virtual tokens to every example, which packed rows cannot hold
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
