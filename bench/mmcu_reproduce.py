@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = [result["breakdown"]["domain"][d]["score"] for d in mmcu.DOMAINS] + [result["overall"]]
         diff = max(abs(a - b) for a, b in zip(ours, published))
         worst = max(worst, diff)
-        lines.append(f"| {model} | " + " | ".join(f"{a:.4f} ({b})" for a, b in zip(ours, published)) + f" | {diff:.4f} |")
+        cells = " | ".join(f"{a:.4f} ({b})" for a, b in zip(ours, published))
+        lines.append(f"| {model} | {cells} | {diff:.4f} |")
     print("\nours (published), zero-shot:\n" + "\n".join(lines))
     print(f"largest difference: {worst:.4f} (tolerance 0.001)")
     return 0 if worst <= 0.001 else 1

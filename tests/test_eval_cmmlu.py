@@ -12,7 +12,8 @@ from unitune.evaluation import run
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CMMLU = SHARED / "cmmlu"
-needs_cmmlu = pytest.mark.skipif(not (CMMLU / "dev").is_dir(), reason="../shared/data/cmmlu (CMMLU dev split) is absent")
+needs_cmmlu = pytest.mark.skipif(not (CMMLU / "dev").is_dir(),
+                                 reason="../shared/data/cmmlu (CMMLU dev split) is absent")
 FEW = ["agronomy", "arts", "genetics", "marketing"]
 
 
@@ -61,9 +62,8 @@ def test_batched_logits_choose_what_one_at_a_time_chooses():
 
 @needs_cmmlu
 def test_generate_mode_local_and_through_web_py_agree(tmp_path):
-    from unitune.paths import embedded_base
-
     from tests.test_web import serve
+    from unitune.paths import embedded_base
 
     common = ["cmmlu", "--method", "generate", "--data_dir", str(CMMLU), "--split", "dev", "--subjects", *FEW,
               "--max_new_tokens", "8"]

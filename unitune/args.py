@@ -57,7 +57,8 @@ class DataArgs:
     eval_benchmarks: Optional[list] = flag(None, "benchmarks (mmcu, ceval, cmmlu, ie) run on the tuned model at the "
                                            "end, added to results.json", nargs="+")
     eval_benchmark_dir: Optional[str] = flag(None, "folder holding <benchmark>/ data for --eval_benchmarks (ie: "
-                                             "optional ie.jsonl); default $UNITUNE_DATA_DIR or ~/.cache/unitune/data")
+                                             "optional ie.jsonl); default --data_dir, $UNITUNE_DATA_DIR or "
+                                             "~/.cache/unitune/data")
     cutoff_len: int = flag(512, "maximum tokens per example; longer ones are truncated")
     val_set_size: float = flag(0, "validation split: a count (>=1) or a fraction (<1)")
     train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")

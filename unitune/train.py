@@ -125,7 +125,8 @@ def run(argv: list[str] | None = None) -> dict:
     if data_args.eval_benchmarks:
         from unitune.evaluation.cli import training_options
 
-        benchmarks = training_options(data_args.eval_benchmarks, data_args.eval_benchmark_dir, train_args.output_dir)
+        benchmarks = training_options(data_args.eval_benchmarks, data_args.eval_benchmark_dir or data_args.data_dir,
+                                      train_args.output_dir)
     records = D.load_datasets(data_args.data, data_args.max_samples, data_args.data_dir)
     eval_paths = ([p for name in data_args.eval_data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
                   if data_args.eval_data else D.eval_files(data_args.data))

@@ -153,9 +153,9 @@ class EndpointAnswerer:
         import httpx
 
         texts = [q["prompt"] + (f"\n{q['input']}" if q.get("input") else "") for q in questions]
-        with httpx.Client(timeout=self.timeout, headers={"Authorization": f"Bearer {self.api_key}"}) as client:
-            with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
-                return list(pool.map(lambda t: self._one(client, t), texts))
+        with (httpx.Client(timeout=self.timeout, headers={"Authorization": f"Bearer {self.api_key}"}) as client,
+              ThreadPoolExecutor(max_workers=self.batch_size) as pool):
+            return list(pool.map(lambda t: self._one(client, t), texts))
 
     def choose(self, questions: list[dict]) -> list[str]:
         raise UnituneError("--method logits needs a local model (an endpoint returns text): use --method generate")

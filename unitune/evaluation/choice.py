@@ -49,7 +49,7 @@ _SINGLE = [
 ]
 _LAST_OF = [r"([ABCD])(.*?)当选", r"([ABCD])(.*?)正确"]  # the last letter before the marker
 _WEAK = [(r"[^不]是：? ?([ABCD])", 1)]
-_ONLY_ONE = re.compile(r"^[^ABCD]*([ABCD])[^ABCD]*$", re.S)
+_ONLY_ONE = re.compile(r"^[^ABCD]*([ABCD])[^ABCD]*$", re.DOTALL)
 
 
 def choice_extract(text: str | None) -> str | None:
@@ -60,19 +60,19 @@ def choice_extract(text: str | None) -> str | None:
     if text[:1] in LETTERS and (len(text) == 1 or not text[1].isalpha()):
         return text[0]
     for pattern, group in _SINGLE:
-        found = re.search(pattern, text, re.M)
+        found = re.search(pattern, text, re.MULTILINE)
         if found:
             return found.group(group)
     for pattern in _LAST_OF:
-        found = re.search(pattern, text, re.M)
+        found = re.search(pattern, text, re.MULTILINE)
         answer = None
         while found:
             answer = found.group(1)
-            found = re.search(pattern, found.group(0)[1:], re.M)
+            found = re.search(pattern, found.group(0)[1:], re.MULTILINE)
         if answer:
             return answer
     for pattern, group in _WEAK:
-        found = re.search(pattern, text, re.M)
+        found = re.search(pattern, text, re.MULTILINE)
         if found:
             return found.group(group)
     only = _ONLY_ONE.match(text)

@@ -7,7 +7,6 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from unitune import args as A
 from unitune.errors import UnituneError
@@ -20,27 +19,27 @@ USAGE = (f"usage: python -m unitune.eval {{{','.join(BENCHMARKS)},compare}} ... 
 
 @dataclass
 class EvalArgs:
-    predictions: Optional[str] = A.flag(None, "score this JSON Lines file of predictions; no model is loaded")
-    output_dir: Optional[str] = A.flag(None, "where result.json / .md / .png go; default output/eval/<benchmark>")
-    label: Optional[str] = A.flag(None, "name of this run in tables and compare; default: the model's")
-    data_dir: Optional[str] = A.flag(None, "the benchmark's data (MMCU files, a C-Eval / CMMLU copy, Belle-eval)")
-    data: Optional[str] = A.flag(None, "one data file (Belle-eval set, ie records); default: the benchmark's own")
-    split: Optional[str] = A.flag(None, "C-Eval / CMMLU split under --data_dir; default val (C-Eval), test (CMMLU)")
-    subjects: Optional[list] = A.flag(None, "only these subjects (C-Eval / CMMLU)", nargs="+")
-    method: Optional[str] = A.flag(None, "logits (next-token A/B/C/D, base models) or generate (then extract); "
+    predictions: str | None = A.flag(None, "score this JSON Lines file of predictions; no model is loaded")
+    output_dir: str | None = A.flag(None, "where result.json / .md / .png go; default output/eval/<benchmark>")
+    label: str | None = A.flag(None, "name of this run in tables and compare; default: the model's")
+    data_dir: str | None = A.flag(None, "the benchmark's data (MMCU files, a C-Eval / CMMLU copy, Belle-eval)")
+    data: str | None = A.flag(None, "one data file (Belle-eval set, ie records); default: the benchmark's own")
+    split: str | None = A.flag(None, "C-Eval / CMMLU split under --data_dir; default val (C-Eval), test (CMMLU)")
+    subjects: list | None = A.flag(None, "only these subjects (C-Eval / CMMLU)", nargs="+")
+    method: str | None = A.flag(None, "logits (next-token A/B/C/D, base models) or generate (then extract); "
                                    "default logits for C-Eval / CMMLU, generate otherwise",
                                    choices=["logits", "generate"])
     n_shot: int = A.flag(0, "examples from the dev split in each prompt (0 or e.g. 5)")
-    max_samples: Optional[int] = A.flag(None, "answer only the first N questions (a quick look, not a score)")
+    max_samples: int | None = A.flag(None, "answer only the first N questions (a quick look, not a score)")
     batch_size: int = A.flag(8, "questions per batch (local model) or concurrent requests (endpoint)")
-    model_base_url: Optional[str] = A.flag(None, "an OpenAI-compatible endpoint serving the model under test")
-    model_name: Optional[str] = A.flag(None, "the model id that endpoint serves")
-    model_api_key: Optional[str] = A.flag(None, "API key of that endpoint")
-    judge_base_url: Optional[str] = A.flag(None, "Belle-eval: the judge's OpenAI-compatible endpoint")
-    judge_model: Optional[str] = A.flag(None, "Belle-eval: the judge model id")
-    judge_api_key: Optional[str] = A.flag(None, "Belle-eval: the judge's API key; default $OPENAI_API_KEY")
-    judge_prompts: Optional[str] = A.flag(None, "Belle-eval: the judge prompts file (JSON Lines {class, prompt})")
-    judge_cache: Optional[str] = A.flag(None, "Belle-eval: judge reply cache; default ~/.cache/unitune/judge")
+    model_base_url: str | None = A.flag(None, "an OpenAI-compatible endpoint serving the model under test")
+    model_name: str | None = A.flag(None, "the model id that endpoint serves")
+    model_api_key: str | None = A.flag(None, "API key of that endpoint")
+    judge_base_url: str | None = A.flag(None, "Belle-eval: the judge's OpenAI-compatible endpoint")
+    judge_model: str | None = A.flag(None, "Belle-eval: the judge model id")
+    judge_api_key: str | None = A.flag(None, "Belle-eval: the judge's API key; default $OPENAI_API_KEY")
+    judge_prompts: str | None = A.flag(None, "Belle-eval: the judge prompts file (JSON Lines {class, prompt})")
+    judge_cache: str | None = A.flag(None, "Belle-eval: judge reply cache; default ~/.cache/unitune/judge")
     judge_concurrency: int = A.flag(4, "Belle-eval: judge calls in flight at most")
     judge_retries: int = A.flag(2, "Belle-eval: ask again this many times when a reply has no score")
     judge_backoff: float = A.flag(1.0, "Belle-eval: first wait in seconds after a 429 / 5xx (doubles each time)")

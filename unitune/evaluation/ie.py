@@ -22,7 +22,7 @@ METHODS = ("generate",)
 DISPLAY = {"scale": 100, "digits": 2}
 DEFAULT_DATA = "synth/test.jsonl"  # under the data/ asset folder: the embedded held-out set (its triples)
 
-_MARKER = re.compile(r"(?:Answer|答案)\s*[:：]", re.I)
+_MARKER = re.compile(r"(?:Answer|答案)\s*[:：]", re.IGNORECASE)
 _GROUP = re.compile(r"[(（]([^()（）]*)[)）]")
 _SEP = re.compile(r"[,，;；、|]")
 _LIST_SEP = re.compile(r"[,，;；、|\n]")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from unitune.errors import UnituneError
@@ -26,7 +26,7 @@ METHODS = ("logits", "generate")
 DISPLAY = {"scale": 100, "digits": 2}
 
 
-@lru_cache(maxsize=None)
+@cache
 def definition(name: str) -> dict:
     return json.loads(asset("eval", f"{name}/benchmark.json").read_text(encoding="utf-8"))
 

@@ -149,7 +149,7 @@ def published_records(results_dir: str | Path) -> list[dict]:
     accuracy ...` line that is not a question) as predictions records."""
     import re
 
-    line = re.compile(r"(.*?)\|\|\|(.*?)\|\|\|(True|False)\n", re.S)
+    line = re.compile(r"(.*?)\|\|\|(.*?)\|\|\|(True|False)\n", re.DOTALL)
     folder = Path(results_dir)
     folder = folder / "zero_shot" if (folder / "zero_shot").is_dir() else folder
     if not folder.is_dir():

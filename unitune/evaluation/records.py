@@ -12,8 +12,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from unitune.errors import UnituneError
 
@@ -32,7 +33,8 @@ def read_predictions(path: str | Path, fields: Iterable[str]) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                raise UnituneError(f"{path}: line {lineno}: not JSON (expected JSON Lines, one question a line)") from None
+                raise UnituneError(f"{path}: line {lineno}: not JSON (expected JSON Lines, one question a "
+                                   f"line)") from None
             if not isinstance(record, dict):
                 raise UnituneError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
             for name in fields:

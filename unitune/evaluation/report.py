@@ -32,11 +32,12 @@ def markdown(result: dict) -> str:
     display = result.get("display", {})
     label = result.get("unparsed_label", "unparsed")
     lines = [f"# {result['benchmark']}: {result.get('label', '')}".rstrip(": "), "",
-             f"**{result.get('headline', 'overall')}: {fmt(result['overall'], display)}** "
-             f"({result['n']} questions, {result['unparsed']} {label})", ""]
+             (f"**{result.get('headline', 'overall')}: {fmt(result['overall'], display)}** "
+              f"({result['n']} questions, {result['unparsed']} {label})"), ""]
     for level, entries in result["breakdown"].items():
         lines += [f"| {level} | score | n | {label} |", "|---|---|---|---|"]
-        lines += [f"| {name} | {fmt(e['score'], display)} | {e['n']} | {e['unparsed']} |" for name, e in entries.items()]
+        lines += [f"| {name} | {fmt(e['score'], display)} | {e['n']} | {e['unparsed']} |"
+                  for name, e in entries.items()]
         lines.append("")
     return "\n".join(lines)
 
