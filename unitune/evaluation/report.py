@@ -72,8 +72,9 @@ def _png(names: list[str], series: dict[str, list[float | None]], title: str, sc
 
 def chart_rows(result: dict) -> tuple[list[str], list[float | None]]:
     """The charted names and scores: the headline, then the first breakdown level."""
-    first = next(iter(result["breakdown"].values()), {})
-    return ([result.get("headline", "overall"), *first], [result["overall"], *(e["score"] for e in first.values())])
+    headline = result.get("headline", "overall")
+    first = {k: v for k, v in next(iter(result["breakdown"].values()), {}).items() if k != headline}
+    return [headline, *first], [result["overall"], *(e["score"] for e in first.values())]
 
 
 def write_result(result: dict, output_dir: str | Path) -> dict[str, Path]:
