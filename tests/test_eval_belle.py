@@ -1,5 +1,5 @@
 """Belle-eval over the real 1,000-question set against a fake judge served on 127.0.0.1 by this test:
-canned `得分:` replies, some malformed, some answered 429 first; the second run is served from the cache."""
+canned `得分:` replies, some malformed, some answered 429 or 503 first; the second run is served from the cache."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def canned(i: int, asked_before: int) -> tuple[int, str]:
     """(HTTP status, reply) of the fake judge for question i, asked `asked_before` times already."""
     if i % 10 == 7 and asked_before == 0:
         return 429, ""
+    if i % 10 == 9 and asked_before == 0:
+        return 503, ""
     if i % 10 == 3:
         return 200, "这个回答还可以，但我不打分。"  # never a score: unscored after the retries
     if i % 13 == 5 and asked_before == 0:
@@ -63,7 +65,7 @@ class FakeJudge:
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}
                                      if status == 200 else {"error": {"message": "slow down"}}).encode()
                 self.send_response(status)
-                if status == 429:
+                if status != 200:
                     self.send_header("Retry-After", "0")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -113,8 +115,8 @@ def test_belle_against_a_fake_judge_then_from_the_cache(tmp_path, real_set):
     class_means = [e["score"] for e in result["breakdown"]["class"].values()]
     assert result["overall"] == pytest.approx(sum(class_means) / len(class_means))
     # every question judged; 429s retried; unscorable replies asked again (1 + --judge_retries 2 times)
-    malformed_once = sum(1 for i in range(1000) if i % 13 == 5 and i % 10 not in (3, 7))  # a 429 comes first at 7
-    assert first_requests == 1000 + 100 + 2 * 100 + malformed_once
+    malformed_once = sum(1 for i in range(1000) if i % 13 == 5 and i % 10 not in (3, 7, 9))  # 7, 9: 429 / 503 first
+    assert first_requests == 1000 + 100 + 100 + 2 * 100 + malformed_once
     assert judge.requests == first_requests  # the second run: every reply from the cache
     assert again["judge"]["calls"] == 0 and again["overall"] == result["overall"]
     assert again["breakdown"] == result["breakdown"]
