@@ -57,7 +57,7 @@ def test_writes_every_record_with_answer_and_resumes(llama, tmp_path):
     assert len(written) == len(records)
     for index, (line, record) in enumerate(zip(written, records)):
         assert line["_index"] == index  # rewritten in input order once complete
-        assert {k: v for k, v in line.items() if k not in ("generate", "_index", "_hash")} == record
+        assert {k: v for k, v in line.items() if k not in ("generate", "_index", "_hash", "_settings")} == record
         assert isinstance(line["generate"], str) and line["generate"]
 
     # an interrupted earlier run: 4 records done (marked so a regeneration would show), then a cut line

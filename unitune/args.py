@@ -270,6 +270,9 @@ def parse(groups: list[type], argv: Optional[list[str]], prog: str, description:
     for group in groups:
         names = {f.name for f in dataclasses.fields(group)}
         instances.append(group(**{k: v for k, v in values.items() if k in names}))
+    from unitune.limits import check_flags  # the rules API requests obey too, before anything loads
+
+    check_flags(*instances)
     return instances, explicit
 
 

@@ -14,7 +14,7 @@ class ProgressBar(TrainerCallback):
     def __init__(self):
         self.bar = None
         self.started = 0.0
-        self.loss = None
+        self.postfix: dict[str, str] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
@@ -29,15 +29,16 @@ class ProgressBar(TrainerCallback):
         if self.bar is None:
             return
         elapsed = max(time.time() - self.started, 1e-6)
-        postfix = {"tok/s": f"{(state.num_input_tokens_seen - self.tokens_at_start) / elapsed:.0f}"}
-        if self.loss is not None:
-            postfix["loss"] = f"{self.loss:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        self.postfix["tok/s"] = f"{(state.num_input_tokens_seen - self.tokens_at_start) / elapsed:.0f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(1)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.loss = logs["loss"]
+        # the Trainer logs a step's loss after on_step_end of that step: shown here, the bar has the current
+        # step's loss (shown at on_step_end, it would always be one logging interval behind)
+        if self.bar is not None and logs and "loss" in logs:
+            self.postfix["loss"] = f"{logs['loss']:.4f}"
+            self.bar.set_postfix(self.postfix)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from unitune import args as A
 from unitune.errors import UnituneError
+from unitune.writable import check_output_dir
 
 log = logging.getLogger("unitune")
 
@@ -76,6 +77,7 @@ def run(argv: list[str] | None = None) -> dict:
     spec = check_model_args(model_args)
     method, _ = resolve_method(peft_args.peft_type)
     method.validate(spec, model_args, peft_args, train_args)
+    check_output_dir(train_args.output_dir, "--output_dir")
     if train_args.report_to not in ("none", "tensorboard", "wandb"):
         raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
     resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
