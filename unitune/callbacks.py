@@ -15,6 +15,7 @@ class ProgressBar(TrainerCallback):
         self.bar = None
         self.started = 0.0
         self.postfix: dict[str, str] = {}
+        self.pending = 0  # steps done but not yet on the bar
 
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
@@ -30,17 +31,30 @@ class ProgressBar(TrainerCallback):
             return
         elapsed = max(time.time() - self.started, 1e-6)
         self.postfix["tok/s"] = f"{(state.num_input_tokens_seen - self.tokens_at_start) / elapsed:.0f}"
-        self.bar.set_postfix(self.postfix, refresh=False)
-        self.bar.update(1)
+        self.pending += 1
+        # the Trainer logs this step's loss only after on_step_end: a step that logs moves the bar in on_log,
+        # so the bar never shows a step next to the loss of an earlier one
+        if not control.should_log:
+            self._advance()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        # the Trainer logs a step's loss after on_step_end of that step: shown here, the bar has the current
-        # step's loss (shown at on_step_end, it would always be one logging interval behind)
-        if self.bar is not None and logs and "loss" in logs:
+        if self.bar is None:
+            return
+        if logs and "loss" in logs:
             self.postfix["loss"] = f"{logs['loss']:.4f}"
-            self.bar.set_postfix(self.postfix)
+        self._advance()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._advance()  # a logged step whose log never came still counts
+
+    def _advance(self) -> None:
+        if self.bar is not None and self.pending:
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(self.pending)
+            self.pending = 0
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._advance()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
