@@ -43,6 +43,10 @@ def _zero(value: float | None) -> float | None:
     return value
 
 
+# every new token is matched against each stop string's prefixes: a bound keeps that cheap
+StopString = Annotated[str, Field(max_length=256)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -59,7 +63,7 @@ class Sampling(_Request):
     frequency_penalty: Annotated[Penalty | None, AfterValidator(_zero)] = None
     logit_bias: _only({}) = None
     seed: Seed | None = None
-    stop: str | list[str] | None = None
+    stop: StopString | list[StopString] | None = None  # at most 4 (checked below)
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens tokens
 
     def decoding(self) -> dict:

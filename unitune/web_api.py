@@ -46,7 +46,7 @@ async def parse_body(request, model):
         first = err.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
             raise ApiError(400, f"the request body is not valid JSON ({first['msg']})") from None
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(str(part) for part in first["loc"] if not _union_tag(part))
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         raise ApiError(400, f"{where or 'body'}: {reason(first['msg'])}{more}", param=where or None) from None
 
@@ -98,6 +98,13 @@ def completion_logprobs(server, entries: list, offset: int) -> dict:
         out["text_offset"].append(offset)
         offset += len(text)
     return out
+
+
+def _union_tag(part) -> bool:
+    """pydantic names the member of a union a value failed ('str', 'list[str]', 'constrained-str', 'TextPart') in
+    an error's location; the client's field is the path without them."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or not re.fullmatch(r"[a-z_][a-z0-9_]*",
+                                                                                              part))
 
 
 def split_messages(messages) -> tuple[str | None, list, str]:
