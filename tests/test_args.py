@@ -164,3 +164,11 @@ def test_parse_imports_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_a_method_alias_takes_the_method_preset():
+    """--peft_type prefix_tuning is prefix: same method, same preset values (not an empty preset)."""
+    from unitune.methods import resolve_method
+
+    method, preset = resolve_method("prefix_tuning")
+    assert method.name == "prefix" and preset and preset == resolve_method("prefix")[1]

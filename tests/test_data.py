@@ -125,20 +125,25 @@ def test_glaive_toolcall_file_normalizes_with_history():
     assert first["history"][0][1].startswith('{"name": "generate_invoice"')
     assert first["instruction"].startswith('{"invoice_id": "INV12345"')
     assert first["system"].startswith("Tools: [")
-    assert D.resolve("glaive_toolcall_zh") == GLAIVE.resolve()
+    assert D.resolve("glaive_toolcall_zh_demo", data_dir=GLAIVE.parent) == GLAIVE
 
 
 # ---------------------------------------------------------------- registry and --data
 def test_registry_names_and_paths_mix_in_data(tmp_path, monkeypatch):
-    """--data takes several names and paths; names resolve through dataset_info.json relative to data/."""
+    """--data takes several names and paths; shipped names resolve through dataset_info.json relative to data/
+    (here a UNITUNE_HOME laid out like a checkout)."""
+    from unitune.paths import asset_root
     from unitune.train import parse
 
-    data_dir = tmp_path / "data"
+    home = tmp_path / "home"
+    home.mkdir()
+    for kind in ("peft", "templates", "models"):
+        (home / kind).symlink_to(asset_root() / kind)
+    data_dir = home / "data"
     (data_dir / "sub").mkdir(parents=True)
     write(data_dir / "sub" / "named.jsonl", RECORDS[:2], "jsonl")
     (data_dir / "dataset_info.json").write_text(json.dumps({"named": {"file": "sub/named.jsonl"}}))
-    monkeypatch.setattr(D, "DATA_DIR", data_dir)
-    monkeypatch.setattr(D, "REGISTRY_FILE", data_dir / "dataset_info.json")
+    monkeypatch.setenv("UNITUNE_HOME", str(home))
     csv_file = write(tmp_path / "extra.csv", RECORDS[2:], "csv")
     parquet = write(tmp_path / "extra.parquet", RECORDS[:1], "parquet")
 
@@ -149,18 +154,68 @@ def test_registry_names_and_paths_mix_in_data(tmp_path, monkeypatch):
         D.resolve("nope")
 
 
+ALPACA_COT_NAMES = ["alpaca", "belle", "cot", "alpaca-cot", "alpaca-belle", "alpaca-belle-cot", "belle1.5m",
+                    "finance", "multiturn_chat", "CoT_Chinese_data", "gpt4all"]
+
+
 def test_real_registry_entries_are_well_formed():
+    """Every entry is shipped (and the file is there), on a hub, at a URL, or combines other entries; nothing
+    points outside the repository; Alpaca-CoT's collection names are all registered."""
+    from unitune.paths import asset_dir
+
     entries = D.registry()
-    assert "unitune-synth" in entries
+    assert set(ALPACA_COT_NAMES) <= set(entries)
     for name, entry in entries.items():
-        assert isinstance(entry.get("file"), str), name
+        sources = [k for k in ("hub", "url", "combine") if k in entry] or ["shipped"]
+        assert len(sources) == 1, name
+        if sources == ["combine"]:
+            assert entry["combine"] and all(part in entries for part in entry["combine"]), name
+            continue
+        assert isinstance(entry.get("file"), str) and ".." not in Path(entry["file"]).parts, name
         assert Path(entry["file"]).suffix in D.READERS, name
+        if sources == ["shipped"]:
+            assert (asset_dir("data") / entry["file"]).is_file(), name
+        if sources == ["url"]:
+            assert entry["url"].startswith("https://") and entry["url"].endswith(Path(entry["file"]).name), name
+
+
+def test_alpaca_cot_name_offline_names_the_file_then_trains_once_it_is_placed(tmp_path, capsys):
+    """Offline, `--data alpaca` is a one-line error naming the file, where it comes from and where to put it,
+    before any model loads; the same name with the file placed there trains."""
+    from unitune import train as T
+
+    out = tmp_path / "out"
+    argv = ["--data", "alpaca", "--data_dir", str(tmp_path / "data"), "--max_steps", "2", "--eval_samples", "2",
+            "--eval_base", "false", "--output_dir", str(out)]
+    with pytest.raises(UnituneError) as err:
+        T.run(argv)
+    message = str(err.value)
+    expected_file = tmp_path / "data" / "alpaca" / "alpaca_data_cleaned.json"
+    assert "\n" not in message and str(expected_file) in message
+    assert "QingyiSi/Alpaca-CoT" in message and "--data_dir" in message
+    assert not out.exists()
+
+    expected_file.parent.mkdir(parents=True)
+    write(expected_file, RECORDS * 4, "json")
+    result = T.run(argv)
+    assert (out / "adapter_config.json").is_file()
+    assert result["final_loss"] is not None and result["final_loss"] == result["final_loss"]  # finite, not NaN
+
+
+def test_combined_names_read_their_parts_in_order(tmp_path):
+    """Alpaca-CoT's concatenated files are entries that combine their parts: alpaca-cot = alpaca, then cot."""
+    data_dir = tmp_path / "d"
+    (data_dir / "alpaca").mkdir(parents=True)
+    write(data_dir / "alpaca" / "alpaca_data_cleaned.json", RECORDS[:1], "json")
+    write(data_dir / "CoT_data.json", RECORDS[1:], "json")  # Alpaca-CoT's flat ./data/ layout also works
+    assert D.load_datasets(["alpaca-cot"], data_dir=data_dir) == EXPECTED
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "alpaca").is_dir(), reason="../shared/data/alpaca absent")
 def test_real_registry_resolves_shared_names_mixed_with_a_path(tmp_path):
     path = write(tmp_path / "mine.json", RECORDS, "json")
-    records = D.load_datasets(["alpaca", str(path), "alpaca_zh"], max_samples=5)
+    shared = SHARED / "data" / "alpaca"
+    records = D.load_datasets(["alpaca_en_demo", str(path), "alpaca_zh_demo"], max_samples=5, data_dir=shared)
     assert len(records) == 5 + 3 + 5
     assert records[5:8] == EXPECTED
 

@@ -14,17 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from unitune.limits import (
-    MaxTokens,
-    NumBeams,
-    Penalty,
-    RepetitionPenalty,
-    Seed,
-    Temperature,
-    TopK,
-    TopLogprobs,
-    TopP,
-)
+from unitune.limits import RULES
+
+# field types of the rule table the command-line flags obey too
+Temperature, TopP, TopK, RepetitionPenalty, NumBeams, MaxTokens, Seed, TopLogprobs, CompletionLogprobs, Penalty = (
+    RULES[name].annotated() for name in ("temperature", "top_p", "top_k", "repetition_penalty", "num_beams",
+                                         "max_tokens", "seed", "top_logprobs", "completion_logprobs", "penalty"))
+
 
 def _only(*harmless: Any):
     """A field this server does not implement: accepted only as None or one of the `harmless` values."""
@@ -143,7 +139,7 @@ class CompletionRequest(Sampling):
     echo: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None  # OpenAI's bound for completions
+    logprobs: CompletionLogprobs | None = None
     suffix: _only("") = None
     best_of: _only(1) = None
 

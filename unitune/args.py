@@ -57,8 +57,13 @@ class DataArgs:
     cutoff_len: int = flag(512, "maximum tokens per example; longer ones are truncated")
     val_set_size: float = flag(0, "validation split: a count (>=1) or a fraction (<1)")
     train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")
+    packing: bool = flag(False, "pack several examples into each --cutoff_len row, positions restarting and no "
+                         "attention across examples (checked on the model before training)",
+                         aliases=("--neat_packing",))
     max_samples: Optional[int] = flag(None, "use at most this many training records per dataset")
     cache_dir: Optional[str] = flag(None, "tokenized-data cache; default ~/.cache/unitune/tokenized")
+    data_dir: Optional[str] = flag(None, "where registered datasets that unitune does not ship (Alpaca-CoT's, ...) "
+                                   "are found and fetched to; default $UNITUNE_DATA_DIR or ~/.cache/unitune/data")
 
 
 @dataclass

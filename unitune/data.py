@@ -19,8 +19,6 @@ from unitune.errors import UnituneError
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-REGISTRY_FILE = DATA_DIR / "dataset_info.json"
 CACHE_VERSION = "1"  # bump when tokenization changes meaning
 
 _ROLE = {"human": "user", "user": "user", "observation": "user", "tool": "user",
@@ -176,39 +174,16 @@ def load_file(path: str | Path, max_samples: int | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- registry
-def registry() -> dict:
-    return json.loads(REGISTRY_FILE.read_text(encoding="utf-8"))
+from unitune.dataset_registry import eval_files, registry, resolve, resolve_all  # noqa: E402,F401 (re-exported)
 
 
-def resolve(name_or_path: str, split: str = "file") -> Path:
-    """A registered dataset name or a path -> the file to read."""
-    path = Path(name_or_path)
-    if path.suffix.lower() in READERS or path.exists():
-        return path
-    entries = registry()
-    if name_or_path not in entries:
-        raise UnituneError(f"unknown dataset {name_or_path!r}: not a file, and not in {REGISTRY_FILE.name}; "
-                           f"known: {', '.join(sorted(entries))}")
-    entry = entries[name_or_path]
-    target = (DATA_DIR / entry[split]).resolve()
-    if not target.exists():
-        hint = f" ({entry['hint']})" if entry.get("hint") else ""
-        raise UnituneError(f"dataset {name_or_path!r}: file {target} not found{hint}")
-    return target
-
-
-def eval_files(names: list[str]) -> list[Path]:
-    """The held-out files that registered datasets name, for the default accuracy report."""
-    entries = registry()
-    return [resolve(n, "eval") for n in names if n in entries and entries[n].get("eval")]
-
-
-def load_datasets(names: list[str], max_samples: int | None = None) -> list[dict]:
+def load_datasets(names: list[str], max_samples: int | None = None, data_dir: str | None = None) -> list[dict]:
     records: list[dict] = []
     for name in names:
-        loaded = load_file(resolve(name), max_samples)
-        log.info("read %d records from %s", len(loaded), name)
-        records.extend(loaded)
+        for path in resolve_all(name, data_dir=data_dir):
+            loaded = load_file(path, max_samples)
+            log.info("read %d records from %s", len(loaded), path if str(path) != name else name)
+            records.extend(loaded)
     return records
 
 

@@ -12,6 +12,9 @@ class UnituneError(Exception):
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run an entry point, turning UnituneError into one line on stderr and exit status 2."""
+    from unitune import quiet
+
+    quiet.install()
     try:
         main(argv)
     except UnituneError as err:

@@ -43,6 +43,8 @@ class PredictArgs:
     batch_size: int = A.flag(16, "prompts generated together (left-padded, grouped by length)")
     max_samples: Optional[int] = A.flag(None, "answer only the first N records")
     interactive: bool = A.flag(False, "read instructions from stdin and print each answer, until EOF or 'exit'")
+    data_dir: Optional[str] = A.flag(None, "where registered datasets that unitune does not ship are found and "
+                                     "fetched to; default $UNITUNE_DATA_DIR or ~/.cache/unitune/data")
 
 
 GROUPS = [A.ModelArgs, A.GenerationArgs, PredictArgs]
@@ -88,11 +90,12 @@ def prompt_record(raw: Any, where: str) -> dict:
     return normalize(raw, where)
 
 
-def read_input(data: str, max_samples: int | None) -> tuple[Path, list[Any], list[dict]]:
+def read_input(data: str, max_samples: int | None, data_dir: str | None = None
+               ) -> tuple[Path, list[Any], list[dict]]:
     """The file, its raw records (what the output repeats) and their normalized form (what is prompted)."""
     from unitune.data import read_records, resolve
 
-    path = resolve(data)
+    path = resolve(data, data_dir=data_dir)
     pairs = read_records(path)[: max_samples or None]
     return path, [raw for _, raw in pairs], [prompt_record(raw, f"{path}: {where}") for where, raw in pairs]
 
@@ -193,7 +196,7 @@ def batch_predict(model_args, gen_args, predict_args) -> dict:
     check_model_args(model_args)  # before reading a large file
     gen_kwargs = gen_args.generate_kwargs()
     current = settings(model_args, gen_args)
-    data_path, raws, records = read_input(predict_args.data, predict_args.max_samples)
+    data_path, raws, records = read_input(predict_args.data, predict_args.max_samples, predict_args.data_dir)
     output = Path(predict_args.output) if predict_args.output else default_output(predict_args.data, model_args)
     if output.resolve() == data_path.resolve():
         raise UnituneError(f"--output {output} is the input file; choose another --output")

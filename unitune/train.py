@@ -80,13 +80,21 @@ def run(argv: list[str] | None = None) -> dict:
     check_output_dir(train_args.output_dir, "--output_dir")
     if train_args.report_to not in ("none", "tensorboard", "wandb"):
         raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
+    if train_args.report_to != "none":
+        from unitune.env import require_extra
+
+        require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
+    if data_args.packing and not method.packable:
+        raise UnituneError(f"--packing cannot be used with --peft_type {peft_args.peft_type}: it adds virtual "
+                           f"tokens to every example, which a packed row cannot hold")
     resume = train_args.resume_from_checkpoint  # checked here: the Trainer would only fail after loading
     if resume == "latest" and not list(Path(train_args.output_dir).glob("checkpoint-*/trainer_state.json")):
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
     if resume not in (None, "latest") and not Path(resume).is_dir():
         raise UnituneError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
-    records = D.load_datasets(data_args.data, data_args.max_samples)
-    eval_paths = [D.resolve(p) for p in data_args.eval_data] if data_args.eval_data else D.eval_files(data_args.data)
+    records = D.load_datasets(data_args.data, data_args.max_samples, data_args.data_dir)
+    eval_paths = ([p for name in data_args.eval_data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
+                  if data_args.eval_data else D.eval_files(data_args.data))
     eval_records = [r for p in eval_paths for r in D.load_file(p)][: data_args.eval_samples]
     setup_logging()  # only now: bad data must leave exactly one error line, no progress lines before it
     log.info("read %d training records from %s and %d held-out records", len(records),
@@ -105,15 +113,26 @@ def run(argv: list[str] | None = None) -> dict:
                  len(eval_records))
         del base
 
+    from transformers import set_seed
+
+    set_seed(train_args.seed)  # before the method builds its weights: --seed also fixes their initialization
     loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
     method = loaded.method or method  # --adapter: the saved adapter's kind decides callbacks and saving
     tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
                            data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
+    if data_args.packing:
+        from unitune.packing import check_isolation, pack
+
+        check_isolation(loaded.model, train_set, model_args.model_type)
+        rows = pack(train_set, data_args.cutoff_len)
+        log.info("packed %d examples into %d rows of at most %d tokens", len(train_set), len(rows),
+                 data_args.cutoff_len)
+        train_set, val_set = rows, pack(val_set, data_args.cutoff_len)
     trainable, total = count_parameters(loaded.model)
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
 
-    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set)
+    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, data_args.packing)
     out = Path(train_args.output_dir)
     started = time.time()
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
@@ -145,12 +164,13 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
+def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False):
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from unitune.callbacks import ProgressBar
     from unitune.data import Collator
+    from unitune.packing import PackedCollator
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
@@ -181,8 +201,11 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set):
         ddp_find_unused_parameters=False if world > 1 else None,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
+    collator = (PackedCollator if packing else Collator)(loaded.tokenizer.pad_token_id)
+    # packed rows carry no attention mask: the Trainer counts non-padding tokens against the tokenizer's pad id
     trainer = Trainer(model=loaded.model, args=targs, train_dataset=train_set, eval_dataset=val_set or None,
-                      data_collator=Collator(loaded.tokenizer.pad_token_id), callbacks=callbacks)
+                      data_collator=collator, callbacks=callbacks,
+                      processing_class=loaded.tokenizer if packing else None)
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; raw log dicts would garble it
     return trainer
 

@@ -320,7 +320,10 @@ def create_app(loaded, gen_args: GenerationArgs | None = None, chat_args: ChatAr
 
 
 def run(argv: list[str] | None = None) -> None:
+    from unitune.env import require_extra
     from unitune.loader import check_model_args, load
+
+    require_extra("web", ("gradio", "fastapi", "uvicorn"), "web.py")
 
     (model_args, gen_args, chat_args, serve_args), _ = parse(
         [ModelArgs, GenerationArgs, ChatArgs, ServeArgs], argv, prog="web.py",

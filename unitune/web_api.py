@@ -20,7 +20,6 @@ from unitune.api_schema import (
     Usage,
     error_json,
 )
-from unitune.limits import reason
 from unitune.web import ApiError, Job
 
 DONE = "data: [DONE]\n\n"
@@ -98,6 +97,13 @@ def completion_logprobs(server, entries: list, offset: int) -> dict:
         out["text_offset"].append(offset)
         offset += len(text)
     return out
+
+
+def reason(message: str) -> str:
+    """One of pydantic's complaints as the end of a sentence, in the words flag errors use: 'must be greater than 0'."""
+    if message.startswith("Value error, "):
+        return message[len("Value error, "):]
+    return message.replace("Input should be", "must be", 1)
 
 
 def _union_tag(part) -> bool:

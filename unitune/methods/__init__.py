@@ -40,6 +40,7 @@ class Method:
     callbacks: Callable[..., list] = _no_callbacks
     load: Callable[..., Any] | None = None
     save: Callable[..., None] | None = None  # save(model, out_dir); None: model.save_pretrained (peft)
+    packable: bool = True  # False: the method adds virtual tokens to every example, which packed rows cannot hold
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
@@ -80,4 +81,8 @@ def resolve_method(peft_type: str) -> tuple[Method, dict]:
         choices = sorted(set(METHODS) | set(preset_names()))
         where = f" (named by peft/{peft_type}.yaml)" if method_name != peft_type else ""
         raise UnituneError(f"unknown --peft_type {method_name!r}{where}; choose one of: {', '.join(choices)}")
-    return METHODS[method_name], preset
+    method = METHODS[method_name]
+    if not preset and method.name != peft_type:  # an alias (prefix_tuning) takes its method's preset
+        preset = read_preset(method.name)
+        preset.pop("method", None)
+    return method, preset

@@ -115,9 +115,9 @@ def init_from_text(peft_model, text: str) -> None:
         encoder.weight.copy_(vectors.to(encoder.weight.dtype))
 
 
-register(Method("prefix", build_prefix, mergeable=False, validate=validate_prefix, aliases=("prefix_tuning",),
+register(Method("prefix", build_prefix, mergeable=False, packable=False, validate=validate_prefix, aliases=("prefix_tuning",),
                 description="prefix tuning: learned key/value prefixes at every layer (peft)"))
-register(Method("p_tuning", build_p_tuning, mergeable=False, validate=validate_p_tuning,
+register(Method("p_tuning", build_p_tuning, mergeable=False, packable=False, validate=validate_p_tuning,
                 description="P-tuning: virtual-token embeddings from an MLP or LSTM prompt encoder (peft)"))
-register(Method("prompt", build_prompt, mergeable=False, validate=validate_prompt, aliases=("prompt_tuning",),
+register(Method("prompt", build_prompt, mergeable=False, packable=False, validate=validate_prompt, aliases=("prompt_tuning",),
                 description="prompt tuning: virtual-token embeddings learned directly (peft)"))

@@ -1,0 +1,105 @@
+"""Packing without cross-contamination, and a loss that does not depend on how the batch is split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from unitune import train as T  # noqa: E402
+from unitune.errors import UnituneError  # noqa: E402
+from unitune.packing import PackedCollator, isolation_error, join, pack  # noqa: E402
+
+RECORDS = [{"instruction": f"Add {i} and {i * 3 + 1}." + " Think step by step." * (i % 4), "input": "",
+            "output": f"{i} + {i * 3 + 1} = {4 * i + 1}. Answer: {4 * i + 1}"} for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_model("llama")
+    return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def examples(llama):
+    from unitune import data as D
+    from unitune.templates import get_template
+
+    _, _, tok = llama
+    return [D.encode(tok, get_template("alpaca"), D.normalize(r, f"record {i}"), 128, False)
+            for i, r in enumerate(RECORDS)]
+
+
+def test_packed_logits_equal_unpacked_and_a_leaky_row_is_caught(llama, examples):
+    _, model, _ = llama
+    assert isolation_error(model, examples[:4]) < 1e-4
+    # the same row with positions that do not restart lets every example see the ones before it
+    row = join(examples[:4])
+    with torch.no_grad():
+        leaky = model(input_ids=torch.tensor([row["input_ids"]]),
+                      position_ids=torch.arange(len(row["input_ids"]))[None], use_cache=False).logits
+        first = len(examples[0]["input_ids"])
+        second = torch.tensor([examples[1]["input_ids"]])
+        alone = model(input_ids=second, attention_mask=torch.ones_like(second)).logits
+    assert (leaky[0, first:first + second.shape[1]] - alone[0]).abs().max() > 1e-2
+
+
+def test_rows_hold_every_example_once_within_capacity(examples):
+    rows = pack(examples, 512)
+    assert sorted(n for row in rows for n in row["lengths"]) == sorted(len(e["input_ids"]) for e in examples)
+    assert all(len(row["input_ids"]) <= 512 for row in rows) and len(rows) < len(examples)
+    batch = PackedCollator(0)(rows[:2])
+    assert "attention_mask" not in batch and batch["position_ids"].shape == batch["input_ids"].shape
+
+
+def test_packed_loss_is_the_unpacked_loss_over_the_same_tokens(llama, examples):
+    """One forward over packed rows gives the token-mean loss of the same examples run padded and unpacked."""
+    from unitune.data import Collator
+
+    _, model, tok = llama
+    unpacked = Collator(tok.pad_token_id)(examples[:6])
+    packed = PackedCollator(tok.pad_token_id)(pack(examples[:6], 512))
+    with torch.no_grad():
+        a = model(**unpacked, use_cache=False).loss
+        b = model(**packed, use_cache=False).loss
+    assert torch.isfinite(a) and abs(a.item() - b.item()) < 1e-4
+
+
+def _step_losses(tiny_path: Path, data: Path, out: Path, *flags: str) -> list[float]:
+    T.run(["--model_name_or_path", str(tiny_path), "--data", str(data), "--output_dir", str(out),
+           "--max_steps", "3", "--learning_rate", "1e-2", "--logging_steps", "1", "--cutoff_len", "512",
+           "--lora_r", "4", "--lora_dropout", "0", "--eval_base", "false", "--cache_dir", str(out.parent / "c"),
+           "--seed", "5", "--warmup_ratio", "0", *flags])
+    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    return [h["loss"] for h in log if "loss" in h]
+
+
+def test_loss_does_not_depend_on_how_the_batch_is_split(llama, tmp_path):
+    """batch 8 x accumulation 1 and batch 2 x accumulation 4: the same per-step losses (the mean over all
+    response tokens of the step, not a mean of micro-batch means), so also the same updates."""
+    path, _, _ = llama
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    whole = _step_losses(path, data, tmp_path / "a", "--per_gpu_train_batch_size", "8",
+                         "--gradient_accumulation_steps", "1")
+    split = _step_losses(path, data, tmp_path / "b", "--per_gpu_train_batch_size", "2",
+                         "--gradient_accumulation_steps", "4")
+    assert len(whole) == len(split) == 3
+    assert all(abs(x - y) < 1e-4 for x, y in zip(whole, split)), (whole, split)
+
+
+def test_packed_run_trains_and_prompt_learning_refuses_packing(llama, tmp_path):
+    path, _, _ = llama
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    losses = _step_losses(path, data, tmp_path / "p", "--packing", "--per_gpu_train_batch_size", "2")
+    assert len(losses) == 3 and all(x == x and x < 100 for x in losses)
+    with pytest.raises(UnituneError, match="--packing cannot be used with --peft_type prefix"):
+        T.run(["--model_name_or_path", str(path), "--data", str(data), "--peft_type", "prefix", "--packing",
+               "--output_dir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()

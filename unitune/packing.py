@@ -1,0 +1,109 @@
+"""Packing: several tokenized examples share a row, with no attention across them.
+
+Positions restart at every example and the collator passes no attention mask: transformers then builds a
+block-diagonal causal mask from the position ids (masking_utils.find_packed_sequence_indices) for SDPA,
+eager and flash attention alike. The first label of every example is -100, so the loss covers exactly the
+tokens the unpacked examples are trained on (a row never predicts one example from the one before it).
+`isolation_error` measures that this holds on the attention path in use, before a packed run starts.
+"""
+
+from __future__ import annotations
+
+from unitune.errors import UnituneError
+
+# packed vs unpacked logits on the attention backend in use: absolute in fp32; in 16-bit types, relative to
+# the largest logit (their rounding alone moves logits by ~2^-8 of their size when the matmul shapes change)
+TOLERANCE = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 2e-2, "float16": 1e-2}
+
+
+def pack(examples: list[dict], capacity: int) -> list[dict]:
+    """First-fit decreasing into rows of at most `capacity` tokens; each row keeps its examples' lengths."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        size = len(examples[i]["input_ids"])
+        slot = next((r for r, room in enumerate(free) if room >= size), None)
+        if slot is None:
+            rows.append([i])
+            free.append(capacity - size)
+        else:
+            rows[slot].append(i)
+            free[slot] -= size
+    return [join([examples[i] for i in members]) for members in rows]
+
+
+def join(parts: list[dict]) -> dict:
+    ids, labels, positions, lengths = [], [], [], []
+    for part in parts:
+        n = len(part["input_ids"])
+        ids += part["input_ids"]
+        labels += [-100] + part["labels"][1:]  # the first token is never predicted, packed or not
+        positions += list(range(n))
+        lengths.append(n)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "lengths": lengths}
+
+
+class PackedCollator:
+    """Pads packed rows to the longest; the padding is a segment of its own (positions from 0, labels -100),
+    so no real token attends to it, and no attention mask is passed."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(row["input_ids"]) for row in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        positions = torch.arange(width).repeat(len(batch), 1)
+        for r, row in enumerate(batch):
+            n = len(row["input_ids"])
+            ids[r, :n] = torch.tensor(row["input_ids"])
+            labels[r, :n] = torch.tensor(row["labels"])
+            positions[r, :n] = torch.tensor(row["position_ids"])
+            positions[r, n:] = torch.arange(width - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+def isolation_error(model, examples: list[dict]) -> float:
+    """Largest |packed - unpacked| logit over `examples` (each run alone vs all in one packed row); in 16-bit
+    types divided by the largest |logit|."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            row = PackedCollator(0)([join(examples)])
+            # no KV cache: transformers finds packed rows from the position ids only without mask and cache
+            packed = model(input_ids=row["input_ids"].to(device), position_ids=row["position_ids"].to(device),
+                           use_cache=False).logits
+            worst, start = 0.0, 0
+            for example in examples:
+                ids = torch.tensor([example["input_ids"]], device=device)
+                alone = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+                n = ids.shape[1]
+                worst = max(worst, (packed[0, start:start + n].float() - alone[0].float()).abs().max().item())
+                start += n
+            if packed.dtype in (torch.bfloat16, torch.float16):
+                worst /= max(packed.float().abs().max().item(), 1e-6)
+    finally:
+        model.train(was_training)
+    return worst
+
+
+def check_isolation(model, examples: list[dict], model_type: str) -> None:
+    """Refuse --packing where examples in one row would see each other."""
+    sample = examples[:3]
+    if len(sample) < 2:
+        return
+    error = isolation_error(model, sample)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    tolerance = TOLERANCE.get(dtype, 1e-4)
+    if not error <= tolerance:  # also catches NaN
+        raise UnituneError(f"--packing: this model's attention path (--model_type {model_type}) lets packed "
+                           f"examples see each other (logits differ by {error:.2e} > {tolerance} in {dtype}); "
+                           f"train without --packing")
