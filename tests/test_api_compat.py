@@ -303,7 +303,8 @@ def _bodies():
     from hypothesis import strategies as st
 
     junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=4),
-                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+                     st.lists(st.integers(), max_size=2),
+                     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
     text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
     tokens = st.one_of(st.integers(1, 6), st.sampled_from([-1, 0, 10**7, 2**70]), junk)
     unit = st.one_of(st.sampled_from([0, 1e-300, 1e-6, 1, 2, 2.5, -1, 1e300]), st.floats(0, 2), junk)
@@ -313,7 +314,8 @@ def _bodies():
                                          junk)})
     common = {
         "model": st.one_of(st.just("chat-model"), text, junk), "max_tokens": tokens,
-        "temperature": unit, "top_p": unit, "top_k": st.one_of(st.integers(-2, 10**30), st.sampled_from([0, 1, 2]), junk),
+        "temperature": unit, "top_p": unit,
+        "top_k": st.one_of(st.integers(-2, 10**30), st.sampled_from([0, 1, 2]), junk),
         "repetition_penalty": unit, "presence_penalty": unit, "frequency_penalty": unit,
         "seed": st.one_of(st.sampled_from([2**63 - 1, -(2**63), 2**64, 2**70, -(2**70)]), st.integers(), junk),
         "stop": st.one_of(text, st.lists(text, max_size=5), junk), "ignore_eos": st.one_of(st.booleans(), junk),
@@ -322,7 +324,8 @@ def _bodies():
     chat = {**common, "messages": st.one_of(st.lists(message, min_size=1, max_size=4), junk),
             "max_completion_tokens": tokens, "logprobs": st.one_of(st.booleans(), junk),
             "top_logprobs": st.one_of(st.integers(0, 21), junk), "response_format": junk, "tools": junk}
-    completion = {**common, "prompt": st.one_of(st.sampled_from(["", " ", "\n", ["", "x"]]), text, st.lists(text, max_size=3), junk),
+    prompt = st.one_of(st.sampled_from(["", " ", "\n", ["", "x"]]), text, st.lists(text, max_size=3), junk)
+    completion = {**common, "prompt": prompt,
                   "echo": st.one_of(st.booleans(), junk), "logprobs": st.one_of(st.integers(-1, 6), junk),
                   "suffix": junk, "best_of": st.one_of(st.integers(0, 3), junk)}
 

@@ -165,8 +165,9 @@ def read_done(output: Path, raws: list[Any], data_path: Path, current: dict) -> 
             raise UnituneError(f"{where}: no _settings field (an older generate.py wrote it), so its answers may "
                                f"come from another model or decoding; remove {output} or choose another --output")
         if record["_settings"] != current:
-            raise UnituneError(f"{where}: answered with other settings ({changed_setting(record['_settings'], current)})"
-                               f"; remove {output} or choose another --output")
+            change = changed_setting(record["_settings"], current)
+            raise UnituneError(f"{where}: answered with other settings ({change}); remove {output} or choose "
+                               f"another --output")
         done[index] = record
     if cut:  # only now that the file is known to be ours: drop the cut line, its record is generated again
         log.warning("%s: dropping an incomplete last line (the previous run was interrupted)", output)
@@ -175,7 +176,7 @@ def read_done(output: Path, raws: list[Any], data_path: Path, current: dict) -> 
 
 
 def default_output(data: str, model_args) -> Path:
-    """output/generate/<data name>-<adapter name, else base name>.jsonl: a run with another adapter gets its own file."""
+    """output/generate/<data name>-<adapter name, else base name>.jsonl: another adapter gets its own file."""
     model = Path(model_args.adapter or model_args.base_path).resolve().name
     return Path("output") / "generate" / f"{Path(data).stem}-{model}.jsonl"
 
