@@ -125,14 +125,20 @@ def test_unknown_model_is_404_model_not_found(client, model_id):
         call(model_id)  # the served name works
 
 
-def test_accept_any_model_flag(model_dir):
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model):
+    """web.py on a random tiny llama, started with --accept_any_model."""
+    with serve(tiny_model("llama"), "--accept_any_model", "--max_new_tokens", "8") as url:
+        yield url
+
+
+def test_accept_any_model_flag(tiny_server, tiny_model):
     import httpx
 
-    with serve(model_dir, "--accept_any_model", "--max_new_tokens", "3") as url:
-        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}, trust_env=False,
-                       timeout=60)
-        assert r.status_code == 200, r.text
-        assert r.json()["model"] == model_dir.name  # the response says which model really answered
+    r = httpx.post(f"{tiny_server}/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}, trust_env=False,
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == tiny_model("llama").name  # the response says which model really answered
 
 
 def test_model_retrieve_and_unknown_paths(client, http, model_id):
@@ -227,7 +233,7 @@ def test_no_whitespace_kept_before_a_stop_string(client, model_id):
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
 
 
-def test_a_reply_cut_mid_character_never_ends_in_a_broken_one(tiny_model):
+def test_a_reply_cut_mid_character_never_ends_in_a_broken_one(tiny_model, tiny_server):
     """max_tokens can end a reply inside a multi-byte character: the reply ends before it, streamed or not.
 
     On a random tiny model, whose greedy replies are full of characters split over byte tokens."""
@@ -250,8 +256,8 @@ def test_a_reply_cut_mid_character_never_ends_in_a_broken_one(tiny_model):
             if tok.decode(new[:n], skip_special_tokens=True).endswith("\ufffd") and "\ufffd" not in before:
                 cuts.append((prompt, n, before))
     assert cuts, "no greedy reply here cuts a character in two: the test would prove nothing"
-    with serve(model_dir, "--max_new_tokens", "8") as url, httpx.Client(trust_env=False, timeout=60) as transport:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", http_client=transport, max_retries=0)
+    with httpx.Client(trust_env=False, timeout=60) as transport:
+        client = openai.OpenAI(base_url=f"{tiny_server}/v1", api_key="none", http_client=transport, max_retries=0)
         for prompt, n, before in cuts[:4]:
             out = client.completions.create(model=model_dir.name, prompt=prompt, max_tokens=n, temperature=0)
             assert out.choices[0].text == before, (prompt, n)
