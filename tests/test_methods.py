@@ -123,7 +123,7 @@ def _expected_refusal(family: str, method: str, bits: int | None) -> str | None:
 
 
 def train_one(base: Path, family: str, method_name: str, bits: int | None, out: Path) -> dict:
-    """uniform_finetune.py's own steps (presets, validate, shared loader, Trainer + callbacks, save_outputs),
+    """uniform_finetune.py's own steps (presets, validate, shared loader, Trainer + callbacks, save_weights, save_outputs),
     on the fixed batch, keeping the trained model to compare with the fresh-process reload."""
     from unitune.loader import load
 
@@ -146,7 +146,8 @@ def train_one(base: Path, family: str, method_name: str, bits: int | None, out: 
     after = _loss(loaded.model, batch)
     params = dict(loaded.model.named_parameters())
     unmoved = sorted(n for n, value in start.items() if torch.equal(params[n].detach(), value))
-    train.save_outputs(loaded, method, trainer, out, model_args, data_args, peft_args, train_args)
+    train.save_weights(loaded, method, trainer, out)
+    train.save_outputs(loaded, trainer, out, model_args, data_args, peft_args, train_args)
     logits, tokens = _probe(loaded.model, loaded.tokenizer)
     torch.save(logits, out / "trained_logits.pt")
     return {"before": before, "after": after, "tokens": tokens, "out": str(out), "method": method.name,

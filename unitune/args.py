@@ -114,6 +114,9 @@ class TrainArgs:
     per_gpu_train_batch_size: int = flag(8, "batch size per device",
                                          aliases=("--per_device_train_batch_size", "--micro_batch_size"))
     gradient_accumulation_steps: int = flag(1, "micro-batches per optimizer step")
+    global_batch_size: Optional[int] = flag(None, "examples per optimizer step over all processes; sets "
+                                            "--gradient_accumulation_steps for the world size, so a run keeps its "
+                                            "batch on 1 or 8 GPUs")
     epochs: float = flag(3, "passes over the training data", aliases=("--num_train_epochs", "--num_epochs"))
     max_steps: int = flag(-1, "stop after this many optimizer steps (overrides --epochs)")
     learning_rate: float = flag(3e-4, "peak learning rate")
@@ -131,6 +134,8 @@ class TrainArgs:
     report_to: str = flag("none", "none, tensorboard or wandb")
     local_rank: int = flag(-1, "set by torchrun / deepspeed launchers", aliases=("--local-rank",))
     dataloader_num_workers: int = flag(0, "worker processes for batching")
+    deepspeed: Optional[str] = flag(None, "DeepSpeed config: a JSON path, or one shipped in configs/: ds_zero2, "
+                                    "ds_zero3, ds_zero2_offload, ds_zero3_offload (GPUs only)")
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unitune.distributed import device_for_this_process
 from unitune.errors import UnituneError
 from unitune.models import ModelSpec, get_model_spec
 from unitune.templates import Template, get_template
@@ -120,7 +121,7 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": "cuda:0" if torch.cuda.is_available() else "cpu"}
+        kwargs["device_map"] = {"": device_for_this_process()}  # each torchrun process on its own GPU
     log.info("loading %s (%s, %s%s) for %s", model_args.base_path, spec.name, dtype,
              f", {model_args.quantization_bit}-bit" if quant else "", mode)
     model = AutoModelForCausalLM.from_pretrained(model_args.base_path, **kwargs)
@@ -129,7 +130,7 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if quant is None and torch.cuda.is_available():
-        model = model.to("cuda")
+        model = model.to(device_for_this_process())
 
     method = None
     if mode == "train":

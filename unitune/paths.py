@@ -1,8 +1,8 @@
 """Where unitune's assets live, the same way from a checkout, an editable install and a wheel.
 
 Assets are the folders beside the code in a checkout: `peft/` (method presets), `templates/`, `data/`
-(the dataset registry and the embedded synthetic data), `models/` (the embedded tiny base) and `eval/`
-(benchmark definitions). A wheel carries them as package data under `unitune/assets/`; a checkout or
+(the dataset registry and the embedded synthetic data), `models/` (the embedded tiny base), `eval/`
+(benchmark definitions) and `configs/` (DeepSpeed and accelerate configs). A wheel carries them as package data under `unitune/assets/`; a checkout or
 an editable install reads them in place. `UNITUNE_HOME` names another root laid out like a checkout
 (for a user's own presets, templates and registry). Datasets fetched for the registry live elsewhere:
 see `data_dir()`.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from unitune.errors import UnituneError
 
-ASSET_KINDS = ("peft", "templates", "data", "models", "eval")
+ASSET_KINDS = ("peft", "templates", "data", "models", "eval", "configs")
 _PACKAGE = Path(__file__).resolve().parent
 
 

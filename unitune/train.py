@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unitune import args as A
+from unitune.distributed import is_main_process, main_process_first, world_size
 from unitune.errors import UnituneError
 from unitune.writable import check_output_dir
 
@@ -54,6 +55,31 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def check_engines(train_args) -> None:
+    """DeepSpeed and FSDP shard over GPUs: refused on a CPU-only machine, with the reason, before loading."""
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by `accelerate launch` with FSDP
+    if not (train_args.deepspeed or fsdp):
+        return
+    engine = "--deepspeed" if train_args.deepspeed else "FSDP (accelerate config)"
+    if not torch.cuda.is_available():
+        raise UnituneError(f"{engine} shards model states over GPUs and this machine has none: train with plain "
+                           f"torchrun (gloo) here, or on a GPU machine")
+    if train_args.deepspeed:
+        from unitune.env import require_extra
+        from unitune.paths import asset_dir
+
+        require_extra("deepspeed", ("deepspeed",), "--deepspeed")
+        path = Path(train_args.deepspeed)
+        shipped = asset_dir("configs") / f"{train_args.deepspeed}.json"
+        if not path.is_file() and shipped.is_file():
+            train_args.deepspeed = str(shipped)
+        elif not path.is_file():
+            raise UnituneError(f"--deepspeed {train_args.deepspeed}: no such file, and not one of the shipped "
+                               f"configs ({', '.join(sorted(p.stem for p in asset_dir('configs').glob('ds_*.json')))})")
+
+
 def interval(given: int | None, total_steps: int, per_run: int) -> int:
     """A save/log interval: the user's, else about `per_run` per run; never 0 on a small data set."""
     if given is not None:
@@ -61,10 +87,6 @@ def interval(given: int | None, total_steps: int, per_run: int) -> int:
             raise UnituneError(f"intervals must be at least 1, got {given}")
         return given
     return max(1, total_steps // per_run)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -84,6 +106,14 @@ def run(argv: list[str] | None = None) -> dict:
         from unitune.env import require_extra
 
         require_extra(train_args.report_to, (train_args.report_to,), f"--report_to {train_args.report_to}")
+    check_engines(train_args)
+    if train_args.global_batch_size is not None:
+        per_pass = train_args.per_gpu_train_batch_size * world_size()
+        if train_args.global_batch_size < 1 or train_args.global_batch_size % per_pass:
+            raise UnituneError(f"--global_batch_size {train_args.global_batch_size} is not a multiple of "
+                               f"--per_gpu_train_batch_size {train_args.per_gpu_train_batch_size} x "
+                               f"{world_size()} process(es)")
+        train_args.gradient_accumulation_steps = train_args.global_batch_size // per_pass
     if data_args.packing and not method.packable:
         raise UnituneError(f"--packing cannot be used with --peft_type {peft_args.peft_type}: it adds virtual "
                            f"tokens to every example, which a packed row cannot hold")
@@ -118,8 +148,9 @@ def run(argv: list[str] | None = None) -> dict:
     set_seed(train_args.seed)  # before the method builds its weights: --seed also fixes their initialization
     loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
     method = loaded.method or method  # --adapter: the saved adapter's kind decides callbacks and saving
-    tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
-                           data_args.train_on_inputs, data_args.cache_dir)
+    with main_process_first():  # one process tokenizes into the cache, the others read it
+        tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
+                               data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
     if data_args.packing:
         from unitune.packing import check_isolation, pack
@@ -146,8 +177,9 @@ def run(argv: list[str] | None = None) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     results["final_loss"] = history[-1]["loss"] if history else None
 
+    save_weights(loaded, method, trainer, out)  # every process: sharded states gather collectively
     if is_main_process():
-        save_outputs(loaded, method, trainer, out, model_args, data_args, peft_args, train_args)
+        save_outputs(loaded, trainer, out, model_args, data_args, peft_args, train_args)
         if eval_records:
             loaded.model.eval()
             loaded.model.config.use_cache = True
@@ -172,7 +204,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
     from unitune.data import Collator
     from unitune.packing import PackedCollator
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
     total_steps = train_args.max_steps if train_args.max_steps > 0 else math.ceil(train_args.epochs * steps_per_epoch)
@@ -199,6 +231,9 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
         dataloader_num_workers=train_args.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         ddp_find_unused_parameters=False if world > 1 else None,
+        # without a GPU, torchrun's processes are a gloo group that accelerate only forms when told "cpu"
+        use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        deepspeed=train_args.deepspeed,
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
     collator = (PackedCollator if packing else Collator)(loaded.tokenizer.pad_token_id)
@@ -210,17 +245,26 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
     return trainer
 
 
-def save_outputs(loaded, method, trainer, out: Path, *groups) -> None:
-    """Adapter, tokenizer, replayable config, loss log and loss curve."""
+def save_weights(loaded, method, trainer, out: Path) -> None:
+    """The adapter (or model): the method's own format, else through the Trainer, which gathers ZeRO-3 /
+    FSDP shards and writes on the main process only."""
+    if method.save is not None:
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            method.save(loaded.model, out)
+        return
+    trainer.save_model(str(out))
+    if is_main_process():
+        (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; unitune_config.yaml replays the run
+
+
+def save_outputs(loaded, trainer, out: Path, *groups) -> None:
+    """Tokenizer, replayable config, loss log and loss curve beside the adapter."""
     import yaml
 
     from unitune.callbacks import plot_loss
 
     out.mkdir(parents=True, exist_ok=True)
-    if method.save is not None:
-        method.save(loaded.model, out)
-    else:
-        loaded.model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
     config = A.to_flat_dict(*groups)
     config.pop("local_rank", None)

@@ -1,0 +1,27 @@
+"""bench/train_speed.py end to end at its reduced size: every run measured, one JSON, one table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_train_speed_quick_writes_every_run(tmp_path):
+    out = tmp_path / "train_speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_speed.py"), "--quick", "--out", str(out),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["machine"]["matmul_peak_flops"]["fp32"] > 0
+    runs = result["runs"]
+    assert {"ceiling_fp32", "alpaca_cot_baseline", "unitune_default", "unitune_packed_fp32"} <= set(runs)
+    for name, run in runs.items():
+        assert run["status"] == "ok", (name, run)
+        assert run["tokens_per_second"] > 0 and 0 < run["mfu"] < 1 and run["peak_rss_mb"] > 50, (name, run)
+    assert runs["ceiling_fp32"]["of_ceiling"] == 1.0
+    assert "| unitune_default |" in proc.stdout
