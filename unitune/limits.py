@@ -84,7 +84,8 @@ RULES: dict[str, Bound] = {
     "cutoff_len": COUNT, "max_queue": COUNT, "batch_size": COUNT, "max_samples": COUNT,
     "port": Bound(int, ge=0, le=65535),
     # training
-    "per_gpu_train_batch_size": COUNT, "gradient_accumulation_steps": COUNT, "epochs": Bound(float, gt=0),
+    "per_gpu_train_batch_size": COUNT, "gradient_accumulation_steps": COUNT, "global_batch_size": COUNT,
+    "epochs": Bound(float, gt=0),
     "max_steps": Bound(int, ge=-1, le=2**31 - 1, extra=_not_zero), "learning_rate": Bound(float, gt=0),
     "warmup_ratio": FRACTION, "weight_decay": Bound(float, ge=0), "max_grad_norm": Bound(float, ge=0),
     "save_steps": COUNT, "logging_steps": COUNT, "save_total_limit": NON_NEGATIVE_COUNT,

@@ -57,11 +57,10 @@ def setup_logging() -> None:
 
 def check_engines(train_args) -> None:
     """DeepSpeed and FSDP shard over GPUs: refused on a CPU-only machine, with the reason, before loading."""
-    import torch
-
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by `accelerate launch` with FSDP
     if not (train_args.deepspeed or fsdp):
         return
+    import torch  # only now: a run without them must check its data before torch is even imported
     engine = "--deepspeed" if train_args.deepspeed else "FSDP (accelerate config)"
     if not torch.cuda.is_available():
         raise UnituneError(f"{engine} shards model states over GPUs and this machine has none: train with plain "
