@@ -54,6 +54,11 @@ class DataArgs:
     eval_samples: int = flag(200, "at most this many held-out records are scored")
     eval_base: bool = flag(True, "also score the untuned base model (false: e.g. one of many runs on one base)")
     eval_max_new_tokens: Optional[int] = flag(None, "most tokens per held-out answer; default min(256, --cutoff_len)")
+    eval_benchmarks: Optional[list] = flag(None, "benchmarks (mmcu, ceval, cmmlu, ie) run on the tuned model at the "
+                                           "end, added to results.json", nargs="+")
+    eval_benchmark_dir: Optional[str] = flag(None, "folder holding <benchmark>/ data for --eval_benchmarks (ie: "
+                                             "optional ie.jsonl); default --data_dir, $UNITUNE_DATA_DIR or "
+                                             "~/.cache/unitune/data")
     cutoff_len: int = flag(512, "maximum tokens per example; longer ones are truncated")
     val_set_size: float = flag(0, "validation split: a count (>=1) or a fraction (<1)")
     train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -121,6 +122,12 @@ def run(argv: list[str] | None = None) -> dict:
         raise UnituneError(f"--resume_from_checkpoint: no checkpoint-* in {train_args.output_dir} to resume")
     if resume not in (None, "latest") and not Path(resume).is_dir():
         raise UnituneError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
+    benchmarks = []
+    if data_args.eval_benchmarks:
+        from unitune.evaluation.cli import training_options
+
+        benchmarks = training_options(data_args.eval_benchmarks, data_args.eval_benchmark_dir or data_args.data_dir,
+                                      train_args.output_dir)
     records = D.load_datasets(data_args.data, data_args.max_samples, data_args.data_dir)
     eval_paths = ([p for name in data_args.eval_data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
                   if data_args.eval_data else D.eval_files(data_args.data))
@@ -134,12 +141,15 @@ def run(argv: list[str] | None = None) -> dict:
 
     results: dict[str, Any] = {}
     max_new = data_args.eval_max_new_tokens or max(32, min(256, data_args.cutoff_len))
-    if eval_records and data_args.eval_base and is_main_process():
+    if (eval_records or benchmarks) and data_args.eval_base and is_main_process():
         base = load(model_args, mode="infer")
-        results["base_accuracy"], _ = score_exact_match(base.model, base.tokenizer, base.template, eval_records,
-                                                        max_new)
-        log.info("base exact-match accuracy: %.1f%% on %d held-out records", 100 * results["base_accuracy"],
-                 len(eval_records))
+        if eval_records:
+            results["base_accuracy"], _ = score_exact_match(base.model, base.tokenizer, base.template, eval_records,
+                                                            max_new)
+            log.info("base exact-match accuracy: %.1f%% on %d held-out records", 100 * results["base_accuracy"],
+                     len(eval_records))
+        if benchmarks:
+            results["base_benchmarks"] = run_benchmarks(benchmarks, base, model_args, max_new, "base")
         del base
 
     from transformers import set_seed
@@ -184,9 +194,25 @@ def run(argv: list[str] | None = None) -> dict:
             loaded.model.config.use_cache = True
             results["tuned_accuracy"], _ = score_exact_match(loaded.model, loaded.tokenizer, loaded.template,
                                                              eval_records, max_new)
+        if benchmarks:
+            loaded.model.eval()
+            loaded.model.config.use_cache = True
+            tuned_args = dataclasses.replace(model_args, adapter=str(out))  # names what answered, for the key
+            results["benchmarks"] = run_benchmarks(benchmarks, loaded, tuned_args, max_new, "tuned")
         (out / "results.json").write_text(json.dumps(results, indent=2))
         report(results, len(eval_records), out)
     return results
+
+
+def run_benchmarks(benchmarks: list, loaded, model_args, max_new_tokens: int, label: str) -> dict:
+    """--eval_benchmarks on a model in memory; each writes its report under <output_dir>/eval/<label>/<name>."""
+    from unitune.evaluation.cli import evaluate_loaded
+
+    scores = {}
+    for opts in benchmarks:
+        opts = dataclasses.replace(opts, output_dir=str(Path(opts.output_dir).parent / label / opts.benchmark))
+        scores[opts.benchmark] = evaluate_loaded(opts, loaded, model_args, max_new_tokens, label)
+    return scores
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -282,4 +308,8 @@ def report(results: dict, n_eval: int, out: Path) -> None:
         base, tuned = 100 * results.get("base_accuracy", 0.0), 100 * results["tuned_accuracy"]
         print(f"held-out exact-match accuracy ({n_eval} records): base {base:.1f}%  tuned {tuned:.1f}%  "
               f"({tuned - base:+.1f} points)")
+    for name, entry in results.get("benchmarks", {}).items():
+        base_entry = results.get("base_benchmarks", {}).get(name)
+        before = f"base {100 * base_entry['overall']:.1f}  " if base_entry else ""
+        print(f"{name} {entry['headline']}: {before}tuned {100 * entry['overall']:.1f}  ({entry['result']})")
     print(f"adapter saved to {out}")

@@ -1,0 +1,100 @@
+"""CMMLU on the real dev split with the embedded default: logits scoring, generate mode, and the same run
+against web.py serving the model through --model_base_url."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unitune.evaluation import run
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CMMLU = SHARED / "cmmlu"
+needs_cmmlu = pytest.mark.skipif(not (CMMLU / "dev").is_dir(),
+                                 reason="../shared/data/cmmlu (CMMLU dev split) is absent")
+FEW = ["agronomy", "arts", "genetics", "marketing"]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@needs_cmmlu
+def test_logits_over_the_real_dev_split(tmp_path):
+    out = tmp_path / "logits"
+    result = run(["cmmlu", "--method", "logits", "--data_dir", str(CMMLU), "--split", "dev", "--batch_size", "32",
+                  "--output_dir", str(out)])
+    assert len(result["breakdown"]["subject"]) == 67 and result["n"] == 335
+    assert list(result["breakdown"]["category"]) == ["STEM", "Humanities", "Social Science", "Other", "China specific"]
+    assert result["unparsed"] == 0  # a letter is always chosen by its logit
+    preds = _lines(Path(result["predictions"]))
+    assert len(preds) == 335 and {p["prediction"] for p in preds} <= set("ABCD")
+    correct = sum(p["prediction"] == p["answer"] for p in preds)
+    assert result["overall"] == pytest.approx(correct / 335)
+    saved = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert saved["overall"] == result["overall"] and 0.0 <= saved["overall"] <= 1.0
+    # the same settings resume from the predictions file instead of scoring again
+    stamp = Path(result["predictions"]).stat().st_mtime_ns
+    again = run(["cmmlu", "--method", "logits", "--data_dir", str(CMMLU), "--split", "dev", "--output_dir", str(out)])
+    assert again["predictions"] == result["predictions"] and again["overall"] == result["overall"]
+    assert Path(result["predictions"]).stat().st_mtime_ns >= stamp
+
+
+@needs_cmmlu
+def test_batched_logits_choose_what_one_at_a_time_chooses():
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unitune.evaluation import mcq
+    from unitune.evaluation.answerers import choose_by_logits
+    from unitune.paths import embedded_base
+
+    opts = SimpleNamespace(benchmark="cmmlu", data_dir=str(CMMLU), split="dev", n_shot=0, subjects=FEW)
+    prompts = [q["prompt"] for q in mcq.questions(opts)]
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base())
+    model = AutoModelForCausalLM.from_pretrained(embedded_base()).eval()
+    assert choose_by_logits(model, tokenizer, prompts, batch_size=16) == \
+        choose_by_logits(model, tokenizer, prompts, batch_size=1)
+
+
+@needs_cmmlu
+def test_generate_mode_local_and_through_web_py_agree(tmp_path):
+    from tests.test_web import serve
+    from unitune.paths import embedded_base
+
+    common = ["cmmlu", "--method", "generate", "--data_dir", str(CMMLU), "--split", "dev", "--subjects", *FEW,
+              "--max_new_tokens", "8"]
+    local = run([*common, "--output_dir", str(tmp_path / "local")])
+    assert local["n"] == 20 and local["unparsed"] <= 20
+    with serve(embedded_base(), "--api_key", "k") as url:
+        remote = run([*common, "--model_base_url", f"{url}/v1", "--model_name", "unitune-tiny", "--model_api_key",
+                      "k", "--batch_size", "2", "--output_dir", str(tmp_path / "remote")])
+    by_local = {p["id"]: p["prediction"] for p in _lines(Path(local["predictions"]))}
+    by_remote = {p["id"]: p["prediction"] for p in _lines(Path(remote["predictions"]))}
+    assert by_local == by_remote and any(by_local.values())
+    assert remote["overall"] == local["overall"] and remote["unparsed"] == local["unparsed"]
+    assert local["predictions"] != remote["predictions"]  # another answerer: another predictions file
+
+
+def test_changed_settings_never_reuse_answers(tmp_path, tiny_model):
+    """Two decoding settings on one model write two predictions files; the key names model and decoding."""
+    from unitune.evaluation.predict import run_key
+
+    questions = [{"id": "q", "prompt": "p", "answer": "A"}]
+    a = run_key("cmmlu", "generate", questions, {"model": "m", "decoding": {"do_sample": False}})
+    b = run_key("cmmlu", "generate", questions, {"model": "m", "decoding": {"do_sample": True}})
+    c = run_key("cmmlu", "generate", questions, {"model": "m", "adapter": "x", "decoding": {"do_sample": False}})
+    assert len({a, b, c}) == 3
+    data = tmp_path / "ie.jsonl"
+    data.write_text(json.dumps({"instruction": "Extract the triple.", "input": "A likes B.",
+                                "output": "Answer: (A, likes, B)"}) + "\n", encoding="utf-8")
+    model = str(tiny_model("llama"))
+    first = run(["ie", "--data", str(data), "--model_name_or_path", model, "--max_new_tokens", "4",
+                 "--output_dir", str(tmp_path / "out")])
+    second = run(["ie", "--data", str(data), "--model_name_or_path", model, "--max_new_tokens", "5",
+                  "--output_dir", str(tmp_path / "out")])
+    assert first["predictions"] != second["predictions"]
+    assert len(list((tmp_path / "out" / "predictions").glob("*.jsonl"))) == 2
