@@ -296,15 +296,26 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch: list[dict]) -> dict:
-        import torch
+        out = pad_right(batch, {"input_ids": self.pad_token_id, "labels": -100})
+        out["attention_mask"] = (out.pop("_lengths")[:, None] > _columns(out["input_ids"])).long()
+        return out
 
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[row, :n] = torch.tensor(b["input_ids"])
-            labels[row, :n] = torch.tensor(b["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+def _columns(ids):
+    import torch
+
+    return torch.arange(ids.shape[1])[None, :]
+
+
+def pad_right(batch: list[dict], fills: dict[str, int]) -> dict:
+    """The `fills` fields of every row as one right-padded long tensor each, plus `_lengths` of the rows."""
+    import torch
+
+    lengths = [len(b["input_ids"]) for b in batch]
+    width = max(lengths)
+    out = {key: torch.full((len(batch), width), fill, dtype=torch.long) for key, fill in fills.items()}
+    for row, (b, n) in enumerate(zip(batch, lengths)):
+        for key in fills:
+            out[key][row, :n] = torch.tensor(b[key])
+    out["_lengths"] = torch.tensor(lengths)
+    return out
