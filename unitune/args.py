@@ -130,6 +130,7 @@ class TrainArgs:
     weight_decay: float = flag(0.0, "AdamW weight decay")
     max_grad_norm: float = flag(1.0, "gradient clipping")
     gradient_checkpointing: bool = flag(False, "recompute activations to save memory")
+    group_by_length: bool = flag(False, "batch examples of similar length together (less padding when unpacked)")
     save_steps: Optional[int] = flag(None, "checkpoint interval; default: about 5 per run, never 0")
     logging_steps: Optional[int] = flag(None, "loss logging interval; default: about 50 per run, never 0")
     save_total_limit: int = flag(2, "checkpoints kept")

@@ -221,6 +221,15 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+def _length_grouping(arguments_class, on: bool) -> dict:
+    """transformers 5.24 replaced TrainingArguments.group_by_length with train_sampling_strategy."""
+    if not on:
+        return {}
+    if "train_sampling_strategy" in arguments_class.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False):
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
@@ -254,6 +263,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
         include_num_input_tokens_seen="non_padding",
         bf16="bfloat16" in dtype, fp16="float16" in dtype and "bfloat16" not in dtype,
         dataloader_num_workers=train_args.dataloader_num_workers,
+        **_length_grouping(TrainingArguments, train_args.group_by_length and not packing),  # packed rows are full
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         ddp_find_unused_parameters=False if world > 1 else None,
         # without a GPU, torchrun's processes are a gloo group that accelerate only forms when told "cpu"
