@@ -129,3 +129,77 @@ def test_bad_data_fails_before_torch_is_imported(tiny_llama, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "ERR" in proc.stdout and "missing field 'output'" in proc.stdout, proc.stdout + proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+# ---------------------------------------------------------------- issue 10: before anything loads or is written
+def _gbk(folder: Path) -> list[str]:
+    path = folder / "gbk.json"
+    path.write_bytes(json.dumps([{"instruction": "你好", "output": "世界"}], ensure_ascii=False).encode("gbk"))
+    return ["--data", str(path)]
+
+
+def _dir_as_data(folder: Path) -> list[str]:
+    (folder / "datadir").mkdir()
+    return ["--data", str(folder / "datadir")]
+
+
+def _history_numbers(folder: Path) -> list[str]:
+    path = folder / "h.json"
+    path.write_text(json.dumps([{"instruction": "q", "output": "a", "history": [[1, 2]]}]))
+    return ["--data", str(path)]
+
+
+def _conversation_system_number(folder: Path) -> list[str]:
+    path = folder / "s.json"
+    path.write_text(json.dumps([{"system": 7, "conversations": [{"from": "human", "value": "q"},
+                                                                {"from": "gpt", "value": "a"}]}]))
+    return ["--data", str(path)]
+
+
+def _output_is_a_file(folder: Path) -> list[str]:
+    (folder / "taken").write_text("mine")
+    return ["--output_dir", str(folder / "taken")]
+
+
+def _output_under_a_file(folder: Path) -> list[str]:
+    (folder / "taken").write_text("mine")
+    return ["--output_dir", str(folder / "taken" / "run")]
+
+
+EARLY = [  # (case id, argv maker or fixed flags, substrings of the one error line)
+    ("gbk-encoded-json", _gbk, ["gbk.json", "not UTF-8"]),
+    ("directory-as-data", _dir_as_data, ["datadir", "is a directory"]),
+    ("history-of-numbers", _history_numbers, ["h.json", "record 0", "'history'", "must be a string", "int"]),
+    ("system-not-a-string", _conversation_system_number, ["s.json", "record 0", "'system'", "must be a string"]),
+    ("output-dir-is-a-file", _output_is_a_file, ["--output_dir", "taken", "is a file"]),
+    ("output-dir-under-a-file", _output_under_a_file, ["--output_dir", "taken", "no directory can be made"]),
+    ("output-dir-unwritable", ["--output_dir", "/proc/unitune-test/run"], ["--output_dir", "cannot write"]),
+    ("negative-learning-rate", ["--learning_rate", "-1"], ["--learning_rate -1.0", "greater than 0"]),
+    ("max-steps-zero", ["--max_steps", "0"], ["--max_steps 0", "trains nothing"]),
+    ("epochs-zero", ["--epochs", "0"], ["--epochs 0.0", "greater than 0"]),
+    ("batch-size-zero", ["--per_gpu_train_batch_size", "0"], ["--per_gpu_train_batch_size 0"]),
+    ("dropout-above-one", ["--lora_dropout", "1.5"], ["--lora_dropout 1.5"]),
+    ("warmup-above-one", ["--warmup_ratio", "2"], ["--warmup_ratio 2.0"]),
+    ("seed-out-of-range", ["--seed", "-1"], ["--seed -1"]),
+    ("cutoff-zero", ["--cutoff_len", "0"], ["--cutoff_len 0"]),
+]
+
+
+@pytest.mark.parametrize("case", EARLY, ids=[c[0] for c in EARLY])
+def test_bad_input_fails_before_the_model_loads(case, tmp_path):
+    """--model_name_or_path is an EMPTY directory: a check that ran only after loading would crash the loader."""
+    _, make, expected = case
+    empty = tmp_path / "no-model-here"
+    empty.mkdir()
+    good = tmp_path / "good.jsonl"
+    good.write_text(jsonl(GOOD), encoding="utf-8")
+    out = tmp_path / "out"
+    extra = make(tmp_path) if callable(make) else make
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["--model_name_or_path", str(empty), "--data", str(good), "--output_dir", str(out), "--max_steps", "2",
+            "--cache_dir", str(tmp_path / "cache"), *extra]
+    proc = finetune(argv)
+    assert_one_error_line(proc, expected, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written: no cache, no output dir
+    if (tmp_path / "taken").exists():
+        assert (tmp_path / "taken").read_text() == "mine"

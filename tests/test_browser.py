@@ -102,3 +102,37 @@ def test_type_stream_clear(browser, page_url):
     wait_for(lambda: health(page_url)["finished"] == 1, timeout=60)
     time.sleep(0.5)
     assert messages(browser, "user") == ["Hello again."] and len(messages(browser, "bot")) == 1
+
+
+def trash_icon(driver):
+    """The Chatbot's own clear button (a trash icon in its corner), not the page's Clear button."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, '#chatbot button[aria-label="Clear"], #chatbot button[title="Clear"]')
+    if not found:
+        labels = driver.execute_script("return Array.from(document.querySelectorAll('#chatbot button'))"
+                                       ".map(b => b.getAttribute('aria-label') || b.title || b.textContent)")
+        raise AssertionError(f"no trash icon among the chat's buttons: {labels}")
+    return found[0]
+
+
+def test_chat_trash_icon_clears_the_history(browser, page_url):
+    """Issue 10: the chat's trash icon empties the display AND the history the next prompt is built from."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(page_url)
+    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#message textarea"))[0]
+    finished = health(page_url)["finished"]
+    box.send_keys("My name is Ada.", Keys.ENTER)
+    assert wait_for(lambda: messages(browser, "user")) == ["My name is Ada."]
+    wait_for(lambda: health(page_url)["finished"] == finished + 1, timeout=90)  # the reply is complete
+    time.sleep(0.5)
+
+    wait_for(lambda: trash_icon(browser)).click()
+    wait_for(lambda: not messages(browser, "user") and not messages(browser, "bot"))
+    box.send_keys("Hello again.", Keys.ENTER)
+    assert wait_for(lambda: messages(browser, "user")) == ["Hello again."]
+    wait_for(lambda: health(page_url)["finished"] == finished + 2, timeout=90)
+    time.sleep(0.5)  # the page redraws the chat from the history state once the reply is complete
+    assert messages(browser, "user") == ["Hello again."] and len(messages(browser, "bot")) == 1

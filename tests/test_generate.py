@@ -57,7 +57,7 @@ def test_writes_every_record_with_answer_and_resumes(llama, tmp_path):
     assert len(written) == len(records)
     for index, (line, record) in enumerate(zip(written, records)):
         assert line["_index"] == index  # rewritten in input order once complete
-        assert {k: v for k, v in line.items() if k not in ("generate", "_index", "_hash")} == record
+        assert {k: v for k, v in line.items() if k not in ("generate", "_index", "_hash", "_settings")} == record
         assert isinstance(line["generate"], str) and line["generate"]
 
     # an interrupted earlier run: 4 records done (marked so a regeneration would show), then a cut line
@@ -202,3 +202,62 @@ def test_flag_mistakes_are_one_line_errors(llama, tmp_path):
     data = _write_jsonl(tmp_path / "in.jsonl", [{"input": "no instruction"}])
     with pytest.raises(UnituneError, match=r"in.jsonl: line 1: missing field 'instruction'"):
         predict.run(_argv(llama, data, tmp_path / "out.jsonl"))
+
+
+# ---------------------------------------------------------------- issue 10: stale answers
+def _cli(cwd, *argv):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, str(repo / "generate.py"), *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(llama, tmp_path_factory):
+    """A LoRA adapter that really changes the answers (random B, not the zero init)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapter") / "my-lora"
+    model = AutoModelForCausalLM.from_pretrained(llama)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_other_settings_never_get_earlier_answers(llama, lora_adapter, tmp_path):
+    from pathlib import Path
+
+    data = _write_jsonl(tmp_path / "questions.jsonl", [{"instruction": "Add 1 and 2."}, {"instruction": "Say hi."}])
+    base = ["--model_name_or_path", llama, "--data", str(data), "--max_new_tokens", "4"]
+    first = _cli(tmp_path, *base)
+    assert first.returncode == 0, first.stderr
+    base_out = tmp_path / "output" / "generate" / f"questions-{Path(llama).name}.jsonl"
+    assert base_out.is_file(), first.stderr  # the default path names the base ...
+
+    adapted = _cli(tmp_path, *base, "--lora_dir", str(lora_adapter))
+    assert adapted.returncode == 0, adapted.stderr
+    assert "already answered" not in adapted.stderr
+    lora_out = tmp_path / "output" / "generate" / "questions-my-lora.jsonl"  # ... or the adapter
+    lines = _read_jsonl(lora_out)
+    assert [line["_settings"]["adapter"] for line in lines] == [str(lora_adapter.resolve())] * 2
+    assert [line["generate"] for line in lines] != [line["generate"] for line in _read_jsonl(base_out)]
+
+    # the same output file with another setting: refused, naming it, before anything loads or is written
+    before = lora_out.read_text(encoding="utf-8")
+    for extra, named in ((["--template", "alpaca", "--decoding", "beam"], "--decoding: greedy then, beam now"),
+                         (["--num_beams", "2"], "--num_beams: 1 then, 2 now"),
+                         (["--max_new_tokens", "5"], "--max_new_tokens: 4 then, 5 now"),
+                         (["--template", "vicuna"], "--template: alpaca then, vicuna now")):
+        proc = _cli(tmp_path, *base, "--lora_dir", str(lora_adapter), *extra)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and named in lines[0], proc.stderr
+        assert "questions-my-lora.jsonl" in lines[0] and "Traceback" not in proc.stderr
+    swapped = _cli(tmp_path, *base, "--output", str(lora_out))  # the base model on the adapter's answers
+    assert swapped.returncode == 2 and "--adapter: none then" not in swapped.stderr
+    assert "--adapter" in swapped.stderr and "none now" in swapped.stderr, swapped.stderr
+    assert lora_out.read_text(encoding="utf-8") == before

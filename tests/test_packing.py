@@ -103,3 +103,31 @@ def test_packed_run_trains_and_prompt_learning_refuses_packing(llama, tmp_path):
         T.run(["--model_name_or_path", str(path), "--data", str(data), "--peft_type", "prefix", "--packing",
                "--output_dir", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
+
+
+def test_group_by_length_batches_similar_lengths(llama, tmp_path):
+    """--group_by_length: the Trainer's sampler puts examples of similar length in one batch, so a batch
+    holds less padding than a random one."""
+    from unitune.data import Collator
+
+    path, _, _ = llama
+    data = tmp_path / "train.json"
+    # enough records for the sampler's mega-batches (it sorts by length within 4+ batches at a time)
+    many = [{**r, "instruction": r["instruction"] + " Again." * (j % 5)} for j, r in enumerate(RECORDS * 6)]
+    data.write_text(json.dumps(many))
+    seen: list[int] = []
+    original = Collator.__call__
+
+    def counting(self, batch):
+        out = original(self, batch)
+        seen.append(int((out["attention_mask"] == 0).sum()))
+        return out
+
+    try:
+        Collator.__call__ = counting
+        _step_losses(path, data, tmp_path / "g", "--group_by_length", "--per_gpu_train_batch_size", "4")
+        grouped, seen[:] = list(seen), []
+        _step_losses(path, data, tmp_path / "r", "--per_gpu_train_batch_size", "4")
+    finally:
+        Collator.__call__ = original
+    assert sum(grouped) < sum(seen), (grouped, seen)

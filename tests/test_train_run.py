@@ -155,3 +155,63 @@ def test_report_to_wandb_offline(tiny_llama, data_file, tmp_path, monkeypatch):
     import wandb
 
     assert wandb.run is None  # finished, so a later run in this process starts its own
+
+
+# ---------------------------------------------------------------- issue 10: what a user runs from the command line
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bom_run(tiny_llama, tmp_path_factory):
+    """uniform_finetune.py on three files as Windows editors save them (a UTF-8 byte-order mark first):
+    (process, output dir)."""
+    import csv
+    import io
+
+    folder = tmp_path_factory.mktemp("bom")
+    rows = RECORDS[:6]
+    (folder / "a.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[:2], ensure_ascii=False).encode())
+    (folder / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows[2:4]).encode())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["instruction", "input", "output"])
+    writer.writeheader()
+    writer.writerows(rows[4:6])
+    (folder / "c.csv").write_bytes("\ufeff".encode() + text.getvalue().encode())
+    out = folder / "out"
+    argv = [*base_argv(tiny_llama, folder / "a.json", out, steps=3), "--data", *(str(folder / n) for n in
+            ("a.json", "b.jsonl", "c.csv"))]
+    return finetune(argv), out
+
+
+def finetune(argv: list[str]):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "uniform_finetune.py", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_files_with_a_byte_order_mark_are_read(bom_run):
+    proc, out = bom_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "read 6 training records" in proc.stderr
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_progress_bar_shows_the_current_steps_loss(tiny_llama, data_file, tmp_path):
+    import re
+
+    out = tmp_path / "out"
+    proc = finetune(base_argv(tiny_llama, data_file, out, steps=3))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = {h["step"]: h["loss"] for h in map(json.loads, (out / "loss_log.jsonl").read_text().splitlines())
+              if "loss" in h}
+    assert sorted(logged) == [1, 2, 3]
+    shown = [(int(step), float(loss)) for step, loss in
+             re.findall(r"training:[^\r\n]*?\b(\d+)/3 \[[^\]]*loss=([0-9.]+)", proc.stderr)]
+    assert shown, proc.stderr[-2000:]
+    for step, loss in shown:  # every time the bar shows a loss, it is the loss of the step it shows
+        assert loss == pytest.approx(logged[step], abs=1e-4), (step, loss, logged)
+    final = json.loads((out / "results.json").read_text())["final_loss"]
+    assert shown[-1] == (3, pytest.approx(final, abs=1e-4))  # it ends on the loss the summary prints

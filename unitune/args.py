@@ -130,6 +130,7 @@ class TrainArgs:
     weight_decay: float = flag(0.0, "AdamW weight decay")
     max_grad_norm: float = flag(1.0, "gradient clipping")
     gradient_checkpointing: bool = flag(False, "recompute activations to save memory")
+    group_by_length: bool = flag(False, "batch examples of similar length together (less padding when unpacked)")
     save_steps: Optional[int] = flag(None, "checkpoint interval; default: about 5 per run, never 0")
     logging_steps: Optional[int] = flag(None, "loss logging interval; default: about 50 per run, never 0")
     save_total_limit: int = flag(2, "checkpoints kept")
@@ -302,6 +303,9 @@ def parse(groups: list[type], argv: Optional[list[str]], prog: str, description:
     for group in groups:
         names = {f.name for f in dataclasses.fields(group)}
         instances.append(group(**{k: v for k, v in values.items() if k in names}))
+    from unitune.limits import check_flags  # the rules API requests obey too, before anything loads
+
+    check_flags(*instances)
     return instances, explicit
 
 

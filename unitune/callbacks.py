@@ -14,7 +14,8 @@ class ProgressBar(TrainerCallback):
     def __init__(self):
         self.bar = None
         self.started = 0.0
-        self.loss = None
+        self.postfix: dict[str, str] = {}
+        self.pending = 0  # steps done but not yet on the bar
 
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
@@ -29,17 +30,31 @@ class ProgressBar(TrainerCallback):
         if self.bar is None:
             return
         elapsed = max(time.time() - self.started, 1e-6)
-        postfix = {"tok/s": f"{(state.num_input_tokens_seen - self.tokens_at_start) / elapsed:.0f}"}
-        if self.loss is not None:
-            postfix["loss"] = f"{self.loss:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(1)
+        self.postfix["tok/s"] = f"{(state.num_input_tokens_seen - self.tokens_at_start) / elapsed:.0f}"
+        self.pending += 1
+        # the Trainer logs this step's loss only after on_step_end: a step that logs moves the bar in on_log,
+        # so the bar never shows a step next to the loss of an earlier one
+        if not control.should_log:
+            self._advance()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None:
+            return
         if logs and "loss" in logs:
-            self.loss = logs["loss"]
+            self.postfix["loss"] = f"{logs['loss']:.4f}"
+        self._advance()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._advance()  # a logged step whose log never came still counts
+
+    def _advance(self) -> None:
+        if self.bar is not None and self.pending:
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(self.pending)
+            self.pending = 0
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._advance()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

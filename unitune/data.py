@@ -78,18 +78,29 @@ READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parq
 def read_records(path: str | Path) -> list[tuple[str, Any]]:
     """(location, raw record) pairs of one file; the location names the line or index for errors."""
     path = Path(path)
+    if path.is_dir():
+        raise UnituneError(f"{path}: is a directory; give a data file ({', '.join(READERS)}) or a dataset name")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise UnituneError(f"{path}: unsupported data format {path.suffix!r}; use one of {', '.join(READERS)}")
     if not path.is_file():
         raise UnituneError(f"{path}: data file not found")
-    text = "" if reader is _read_parquet else path.read_text(encoding="utf-8")
+    text = "" if reader is _read_parquet else read_text(path)
     if reader is not _read_parquet and not text.strip():
         raise UnituneError(f"{path}: empty file, no records")
     records = list(reader(path, text))
     if not records:
         raise UnituneError(f"{path}: no records")
     return records
+
+
+def read_text(path: Path) -> str:
+    """A text file as UTF-8; the byte-order mark some editors write (Notepad, Excel's CSV) is not data."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UnituneError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
+                           f"save it as UTF-8 (e.g. iconv -f GBK -t UTF-8)") from None
 
 
 # ---------------------------------------------------------------- normalizing
@@ -108,7 +119,7 @@ def _from_conversations(record: dict, key: str, where: str) -> dict:
     messages = record[key]
     if not isinstance(messages, list) or not messages:
         raise UnituneError(f"{where}: field {key!r} must be a non-empty list of messages")
-    system = record.get("system") if isinstance(record.get("system"), str) else None
+    system = _text(record, "system", where, required=False) or None
     turns: list[tuple[str, str]] = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
@@ -146,8 +157,12 @@ def normalize(record: Any, where: str) -> dict:
     history = record.get("history") or []
     if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2 for h in history):
         raise UnituneError(f"{where}: field 'history' must be a list of [query, response] pairs")
+    for i, pair in enumerate(history):  # as strict as the other fields: a number is not text
+        for j, value in enumerate(pair):
+            if not isinstance(value, str):
+                raise UnituneError(f"{where}: field 'history' [{i}][{j}] must be a string, got {type(value).__name__}")
     system = _text(record, "system", where, required=False) or None
-    return {"system": system, "history": [list(map(str, h)) for h in history],
+    return {"system": system, "history": [list(h) for h in history],
             "instruction": _text(record, "instruction", where, required=True),
             "input": _text(record, "input", where, required=False),
             "output": _text(record, "output", where, required=True)}
@@ -299,15 +314,26 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, batch: list[dict]) -> dict:
-        import torch
+        out = pad_right(batch, {"input_ids": self.pad_token_id, "labels": -100})
+        out["attention_mask"] = (out.pop("_lengths")[:, None] > _columns(out["input_ids"])).long()
+        return out
 
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[row, :n] = torch.tensor(b["input_ids"])
-            labels[row, :n] = torch.tensor(b["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+def _columns(ids):
+    import torch
+
+    return torch.arange(ids.shape[1])[None, :]
+
+
+def pad_right(batch: list[dict], fills: dict[str, int]) -> dict:
+    """The `fills` fields of every row as one right-padded long tensor each, plus `_lengths` of the rows."""
+    import torch
+
+    lengths = [len(b["input_ids"]) for b in batch]
+    width = max(lengths)
+    out = {key: torch.full((len(batch), width), fill, dtype=torch.long) for key, fill in fills.items()}
+    for row, (b, n) in enumerate(zip(batch, lengths)):
+        for key in fills:
+            out[key][row, :n] = torch.tensor(b[key])
+    out["_lengths"] = torch.tensor(lengths)
+    return out

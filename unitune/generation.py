@@ -24,6 +24,23 @@ def decoding_config(preset: str = "greedy", **overrides: Any) -> dict[str, Any]:
         raise UnituneError(f"unknown --decoding {preset!r}; choose one of: {', '.join(DECODING_PRESETS)}")
     config = dict(DECODING_PRESETS[preset])
     config.update({k: v for k, v in overrides.items() if v is not None})
+    return settle(config)
+
+
+def settle(config: dict[str, Any]) -> dict[str, Any]:
+    """generate() kwargs as they decode: a temperature of (about) 0 means greedy, as in the OpenAI API (dividing
+    logits by ~0 would overflow them), and sampling knobs are dropped when nothing is sampled."""
+    from unitune.limits import GREEDY_TEMPERATURE
+
+    config = dict(config)
+    temperature = config.get("temperature")
+    if temperature is not None and temperature < GREEDY_TEMPERATURE:
+        config["do_sample"] = False
+    if not config.get("do_sample"):  # they would only draw warnings from generate()
+        for key in ("temperature", "top_p"):
+            config.pop(key, None)
+        if not config.get("penalty_alpha"):
+            config.pop("top_k", None)
     return config
 
 
@@ -58,7 +75,7 @@ def check_decoding(config: dict[str, Any]) -> dict[str, Any]:
 def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, penalty_alpha: float, top_k: int,
                        eos_token_id: int | list[int] | None, pad_token_id: int, repetition_penalty: float | None = None,
                        no_repeat_ngram_size: int | None = None, streamer: Any = None, stopping_criteria: Any = None,
-                       **_ignored: Any):
+                       logits_processor: Any = None, **_ignored: Any):
     """Contrastive search (Su et al. 2022), batched over left-padded rows; returns prompt + new token ids.
 
     transformers 5 moved contrastive search to a Hub `custom_generate` repo that cannot be fetched
@@ -75,6 +92,7 @@ def contrastive_search(model, input_ids, attention_mask, max_new_tokens: int, pe
         processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
     if no_repeat_ngram_size:
         processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+    processors.extend(logits_processor or [])  # e.g. TextStream's log-probability recorder
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
                        device=input_ids.device)
     rows, k = input_ids.shape[0], top_k
@@ -148,6 +166,17 @@ def generate_ids(model, enc: dict, max_new_tokens: int, pad_token_id: int, eos_t
                               **config)
 
 
+def whole_text(tokenizer, ids: list[int]) -> str:
+    """The text of `ids` without a half character at the end: a reply cut (by max_new_tokens) in the middle of a
+    multi-byte character would decode to U+FFFD, a character the model never wrote."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for drop in range(1, min(4, len(ids)) + 1):  # a UTF-8 character has at most 4 bytes, so 4 tokens
+        if not text.endswith("\ufffd"):
+            break
+        text = tokenizer.decode(ids[:-drop], skip_special_tokens=True)
+    return text.rstrip("\ufffd")
+
+
 def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 128,
                    batch_size: int = 16, stops: Iterable[str] = (), on_batch: Callable[[list[int], list[str],
                    int], None] | None = None, **gen_kwargs: Any) -> list[str]:
@@ -166,7 +195,11 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
         enc = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt").to(device)
         out = generate_ids(model, dict(enc), max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id, **config)
         new = out[:, enc["input_ids"].shape[1]:]
-        texts = [cut_at_stop(t, stops).strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        rows = [row.tolist() for row in new]
+        for row in rows:  # finished rows are padded: the padding is not where a character was cut
+            while row and row[-1] == tokenizer.pad_token_id:
+                row.pop()
+        texts = [cut_at_stop(whole_text(tokenizer, row), stops).strip() for row in rows]
         for i, text in zip(idx, texts):
             outputs[i] = text
         if on_batch is not None:
@@ -174,136 +207,9 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
     return outputs
 
 
-def _held_back(text: str, stops: Iterable[str], strip: bool = True) -> int:
-    """How many trailing characters of `text` may still become a stop string (or trailing whitespace)."""
-    hold = len(text) - len(text.rstrip()) if strip else 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                hold = max(hold, k)
-                break
-    return hold
-
-
-class TextStream:
-    """One generation whose text arrives piece by piece: `for piece in TextStream(...)` (iterate once).
-
-    generate() runs in a thread and hands token ids over a queue; the pieces joined equal what
-    generate_batch returns for the same prompt (cut at the first stop string, stripped), because text
-    that may still turn into a stop string or trailing whitespace is held back until it cannot
-    (strip=False keeps the whitespace: raw completions continue the prompt's text as it is).
-    cancel() from any thread, or leaving the loop early (break, KeyboardInterrupt, a closed client),
-    stops generate() at its next token. Afterwards: prompt_tokens, completion_tokens and
-    finish_reason ("stop", "length" or "cancelled").
-    """
-
-    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int = 256, stops: Iterable[str] = (),
-                 cancel=None, strip: bool = True, **gen_kwargs: Any) -> None:
-        import threading
-
-        self.model, self.tokenizer, self.prompt, self.strip = model, tokenizer, prompt, strip
-        self.max_new_tokens, self.stops = max_new_tokens, tuple(s for s in stops if s)
-        self.gen_kwargs = {**DECODING_PRESETS["greedy"], **gen_kwargs}
-        self.cancelled = cancel if cancel is not None else threading.Event()
-        self._halt = threading.Event()  # a stop string was seen or the reader left
-        self.prompt_tokens = self.completion_tokens = 0
-        self.finish_reason: str | None = None
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def _run(self, enc, out) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
-
-        halt, cancelled = self._halt, self.cancelled
-
-        class Feed(BaseStreamer):
-            prompt_seen = False
-
-            def put(self, value):
-                if self.prompt_seen:
-                    out.put(value.reshape(-1).tolist())
-                self.prompt_seen = True  # generate() first pushes the prompt itself
-
-            def end(self):
-                pass
-
-        class Halt(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                flag = halt.is_set() or cancelled.is_set()
-                return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
-
-        # beam search cannot stream: its best beam is only known at the end
-        beams = self.gen_kwargs.get("num_beams", 1) > 1
-        try:
-            # through generate_ids, so contrastive search and the checkpoint's own eos list work here too
-            seq = generate_ids(self.model, dict(enc), self.max_new_tokens, self.tokenizer.pad_token_id,
-                               self.tokenizer.eos_token_id, streamer=None if beams else Feed(),
-                               stopping_criteria=StoppingCriteriaList([Halt()]), **self.gen_kwargs)
-            if beams:
-                out.put(seq[0, enc["input_ids"].shape[1]:].tolist())
-        except BaseException as err:  # handed to the reader, who raises it
-            out.put(err)
-        finally:
-            out.put(None)
-
-    def __iter__(self):
-        import queue
-        import threading
-
-        tok = self.tokenizer
-        enc = tok(self.prompt, return_tensors="pt").to(next(self.model.parameters()).device)
-        self.prompt_tokens = int(enc["input_ids"].shape[1])
-        out: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._run, args=(enc, out), daemon=True, name="unitune-generate")
-        worker.start()
-        ids: list[int] = []
-        sent = 0  # characters of the answer already yielded
-        try:
-            while True:
-                try:
-                    item = out.get(timeout=0.1)  # a timeout keeps Ctrl-C responsive
-                except queue.Empty:
-                    continue
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                ids.extend(item)
-                self.completion_tokens = len(ids)
-                raw = tok.decode(ids, skip_special_tokens=True)
-                if raw.endswith("\ufffd"):  # half of a multi-byte character
-                    continue
-                if cut_at_stop(raw, self.stops) != raw:
-                    self._halt.set()
-                    self.finish_reason = "stop"
-                    break
-                clean = raw.lstrip() if self.strip else raw
-                end = len(clean) - _held_back(clean, self.stops, self.strip)
-                if end > sent:
-                    yield clean[sent:end]
-                    sent = end
-            final = cut_at_stop(tok.decode(ids, skip_special_tokens=True), self.stops)
-            final = final.strip() if self.strip else final
-            if len(final) > sent:
-                yield final[sent:]
-            if self.finish_reason is None:
-                if self.cancelled.is_set():
-                    self.finish_reason = "cancelled"
-                elif len(ids) >= self.max_new_tokens and ids[-1] != tok.eos_token_id:
-                    self.finish_reason = "length"
-                else:
-                    self.finish_reason = "stop"
-        finally:
-            if self.finish_reason is None:  # the reader left early
-                self.finish_reason = "cancelled"
-            self._halt.set()
-            worker.join()
-
-
 def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 256, stops: Iterable[str] = (),
-                    cancel=None, strip: bool = True, **gen_kwargs: Any) -> TextStream:
-    """Text pieces of the answer to `prompt` as they are generated; see TextStream."""
+                    cancel=None, strip: bool = True, **gen_kwargs: Any):
+    """Text pieces of the answer to `prompt` as they are generated; see unitune.streaming.TextStream."""
+    from unitune.streaming import TextStream
+
     return TextStream(model, tokenizer, prompt, max_new_tokens, stops, cancel, strip, **gen_kwargs)

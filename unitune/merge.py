@@ -99,6 +99,9 @@ def check_target(target: Path, model_args, overwrite: bool) -> None:
         raise UnituneError(f"--merged_dir {target} is a file")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UnituneError(f"--merged_dir {target} exists and is not empty; pass --overwrite to replace it")
+    from unitune.writable import check_output_dir
+
+    check_output_dir(target, "--merged_dir")  # under a file, or where nobody may write: one line, now
 
 
 def check_inputs(tokenizer, template) -> list:

@@ -54,17 +54,12 @@ class PackedCollator:
     def __call__(self, batch: list[dict]) -> dict:
         import torch
 
-        width = max(len(row["input_ids"]) for row in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        positions = torch.arange(width).repeat(len(batch), 1)
-        for r, row in enumerate(batch):
-            n = len(row["input_ids"])
-            ids[r, :n] = torch.tensor(row["input_ids"])
-            labels[r, :n] = torch.tensor(row["labels"])
-            positions[r, :n] = torch.tensor(row["position_ids"])
-            positions[r, n:] = torch.arange(width - n)
-        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+        from unitune.data import pad_right
+
+        out = pad_right(batch, {"input_ids": self.pad_token_id, "labels": -100, "position_ids": 0})
+        for row, n in enumerate(out.pop("_lengths").tolist()):
+            out["position_ids"][row, n:] = torch.arange(out["input_ids"].shape[1] - n)  # the padding's own segment
+        return out
 
 
 def isolation_error(model, examples: list[dict]) -> float:

@@ -3,8 +3,10 @@
     python generate.py --data questions.jsonl --output answers.jsonl --lora_dir output/llama-lora
     python generate.py --interactive --lora_dir output/llama-lora      # one-shot REPL
 
-Each output line is the input record plus `generate` (the answer) and `_index` / `_hash` (which input
-record it answers, so a re-run skips the records already done and notices a changed input file).
+Each output line is the input record plus `generate` (the answer), `_index` / `_hash` (which input
+record it answers, so a re-run skips the records already done and notices a changed input file) and
+`_settings` (the model, adapter, template, decoding and max_new_tokens that wrote it: a re-run with
+other settings is refused instead of handing back answers of another model as its own).
 Lines are appended and flushed batch by batch in generation order; once every record is done the file
 is rewritten in input order.
 """
@@ -23,6 +25,7 @@ from typing import Any, Optional
 
 from unitune import args as A
 from unitune.errors import UnituneError
+from unitune.writable import check_output_file
 
 log = logging.getLogger("unitune")
 
@@ -34,7 +37,8 @@ class PredictArgs:
     data: Optional[str] = A.flag(None, "JSON / JSONL / CSV / Parquet file, or a dataset name from "
                                  "data/dataset_info.json, whose records get answers",
                                  aliases=("--dataset", "--data_path"))
-    output: Optional[str] = A.flag(None, "JSONL file of answered records; default output/generate/<data name>.jsonl",
+    output: Optional[str] = A.flag(None, "JSONL file of answered records; default "
+                                   "output/generate/<data name>-<adapter or base name>.jsonl",
                                    aliases=("--output_file",))
     batch_size: int = A.flag(16, "prompts generated together (left-padded, grouped by length)")
     max_samples: Optional[int] = A.flag(None, "answer only the first N records")
@@ -54,10 +58,6 @@ def parse(argv: list[str] | None):
         raise UnituneError("generate.py: --interactive reads stdin; drop --data (or --interactive)")
     if not predict_args.interactive and not predict_args.data:
         raise UnituneError("generate.py: give --data FILE|DATASET to answer, or --interactive")
-    if predict_args.batch_size < 1:
-        raise UnituneError(f"--batch_size must be at least 1, got {predict_args.batch_size}")
-    if gen_args.max_new_tokens < 1:
-        raise UnituneError(f"--max_new_tokens must be at least 1, got {gen_args.max_new_tokens}")
     return model_args, gen_args, predict_args
 
 
@@ -100,17 +100,48 @@ def read_input(data: str, max_samples: int | None, data_dir: str | None = None
     return path, [raw for _, raw in pairs], [prompt_record(raw, f"{path}: {where}") for where, raw in pairs]
 
 
-def read_done(output: Path, raws: list[Any], data_path: Path) -> dict[int, dict]:
-    """Lines already written by an earlier run, by input index; refuses when they answer other records."""
+# what an answer depends on besides its record, with the flag that sets it (in the order a change is named)
+SETTING_FLAGS = {"model": "--model_name_or_path", "adapter": "--adapter", "template": "--template",
+                 "decoding": "--decoding", "generate_kwargs": None, "max_new_tokens": "--max_new_tokens",
+                 "quantization_bit": "--quantization_bit", "compute_dtype": "--compute_dtype"}
+
+
+def settings(model_args, gen_args) -> dict:
+    """The `_settings` of every output line: another model, adapter, template or decoding answers differently."""
+    from unitune.models import get_model_spec
+
+    return {"model": str(Path(model_args.base_path).resolve()),
+            "adapter": str(Path(model_args.adapter).resolve()) if model_args.adapter else None,
+            "template": model_args.template or get_model_spec(model_args.model_type).template,
+            "decoding": gen_args.decoding, "generate_kwargs": gen_args.generate_kwargs(),
+            "max_new_tokens": gen_args.max_new_tokens, "quantization_bit": model_args.quantization_bit,
+            "compute_dtype": model_args.compute_dtype}
+
+
+def changed_setting(then: dict, now: dict) -> str:
+    """'--adapter: none then, /x/lora now': the first setting that differs, named by its flag."""
+    for key, flag_name in SETTING_FLAGS.items():
+        old, new = then.get(key), now.get(key)
+        if old == new:
+            continue
+        if key == "generate_kwargs":  # a decoding flag given one by one (--num_beams 4 ...)
+            old, new = old if isinstance(old, dict) else {}, new or {}
+            name = next(k for k in sorted({*old, *new}) if old.get(k) != new.get(k))
+            flag_name, old, new = f"--{name}", old.get(name), new.get(name)
+        return f"{flag_name}: {'none' if old is None else old} then, {'none' if new is None else new} now"
+    return "settings changed"
+
+
+def read_done(output: Path, raws: list[Any], data_path: Path, current: dict) -> dict[int, dict]:
+    """Lines already written by an earlier run, by input index; refuses when they answer other records or were
+    written with other settings (`current`, from settings())."""
     done: dict[int, dict] = {}
     if not output.is_file():
         return done
     text = output.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        # a run killed in the middle of a write: drop the cut line, its record is generated again
-        log.warning("%s: dropping an incomplete last line (the previous run was interrupted)", output)
+    cut = bool(text) and not text.endswith("\n")  # a run killed in the middle of a write
+    if cut:
         text = text[: text.rfind("\n") + 1]
-        output.write_text(text, encoding="utf-8")
     complete = text.split("\n")
     for lineno, line in enumerate(complete, start=1):
         if not line.strip():
@@ -130,12 +161,24 @@ def read_done(output: Path, raws: list[Any], data_path: Path) -> dict[int, dict]
         if record["_hash"] != record_hash(raws[index]):
             raise UnituneError(f"{where}: answers a different record {index} than {data_path} now holds "
                                f"(input changed); remove {output} or choose another --output")
+        if not isinstance(record.get("_settings"), dict):
+            raise UnituneError(f"{where}: no _settings field (an older generate.py wrote it), so its answers may "
+                               f"come from another model or decoding; remove {output} or choose another --output")
+        if record["_settings"] != current:
+            change = changed_setting(record["_settings"], current)
+            raise UnituneError(f"{where}: answered with other settings ({change}); remove {output} or choose "
+                               f"another --output")
         done[index] = record
+    if cut:  # only now that the file is known to be ours: drop the cut line, its record is generated again
+        log.warning("%s: dropping an incomplete last line (the previous run was interrupted)", output)
+        output.write_text(text, encoding="utf-8")
     return done
 
 
-def default_output(data: str) -> Path:
-    return Path("output") / "generate" / f"{Path(data).stem}.jsonl"
+def default_output(data: str, model_args) -> Path:
+    """output/generate/<data name>-<adapter name, else base name>.jsonl: another adapter gets its own file."""
+    model = Path(model_args.adapter or model_args.base_path).resolve().name
+    return Path("output") / "generate" / f"{Path(data).stem}-{model}.jsonl"
 
 
 # ---------------------------------------------------------------- runs
@@ -153,11 +196,13 @@ def batch_predict(model_args, gen_args, predict_args) -> dict:
 
     check_model_args(model_args)  # before reading a large file
     gen_kwargs = gen_args.generate_kwargs()
+    current = settings(model_args, gen_args)
     data_path, raws, records = read_input(predict_args.data, predict_args.max_samples, predict_args.data_dir)
-    output = Path(predict_args.output) if predict_args.output else default_output(predict_args.data)
+    output = Path(predict_args.output) if predict_args.output else default_output(predict_args.data, model_args)
     if output.resolve() == data_path.resolve():
         raise UnituneError(f"--output {output} is the input file; choose another --output")
-    done = read_done(output, raws, data_path)
+    check_output_file(output, "--output")
+    done = read_done(output, raws, data_path, current)
     todo = [i for i in range(len(raws)) if i not in done]
     stats = {"records": len(raws), "resumed": len(done), "generated": 0, "seconds": 0.0, "new_tokens": 0,
              "output": str(output)}
@@ -174,7 +219,8 @@ def batch_predict(model_args, gen_args, predict_args) -> dict:
             def write(batch: list[int], texts: list[str], new_tokens: int) -> None:
                 for local, text in zip(batch, texts):
                     index = todo[local]
-                    line = {**raws[index], "generate": text, "_index": index, "_hash": record_hash(raws[index])}
+                    line = {**raws[index], "generate": text, "_index": index, "_hash": record_hash(raws[index]),
+                            "_settings": current}
                     sink.write(json.dumps(line, ensure_ascii=False) + "\n")
                     done[index] = line
                 sink.flush()  # a killed run keeps every finished batch

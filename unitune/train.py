@@ -14,6 +14,7 @@ from typing import Any
 from unitune import args as A
 from unitune.distributed import is_main_process, main_process_first, world_size
 from unitune.errors import UnituneError
+from unitune.writable import check_output_dir
 
 log = logging.getLogger("unitune")
 
@@ -57,11 +58,10 @@ def setup_logging() -> None:
 
 def check_engines(train_args) -> None:
     """DeepSpeed and FSDP shard over GPUs: refused on a CPU-only machine, with the reason, before loading."""
-    import torch
-
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by `accelerate launch` with FSDP
     if not (train_args.deepspeed or fsdp):
         return
+    import torch  # only now: a run without them must check its data before torch is even imported
     engine = "--deepspeed" if train_args.deepspeed else "FSDP (accelerate config)"
     if not torch.cuda.is_available():
         raise UnituneError(f"{engine} shards model states over GPUs and this machine has none: train with plain "
@@ -99,6 +99,7 @@ def run(argv: list[str] | None = None) -> dict:
     spec = check_model_args(model_args)
     method, _ = resolve_method(peft_args.peft_type)
     method.validate(spec, model_args, peft_args, train_args)
+    check_output_dir(train_args.output_dir, "--output_dir")
     if train_args.report_to not in ("none", "tensorboard", "wandb"):
         raise UnituneError(f"--report_to {train_args.report_to!r}: choose none, tensorboard or wandb")
     if train_args.report_to != "none":
@@ -220,6 +221,15 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+def _length_grouping(arguments_class, on: bool) -> dict:
+    """transformers 5.24 replaced TrainingArguments.group_by_length with train_sampling_strategy."""
+    if not on:
+        return {}
+    if "train_sampling_strategy" in arguments_class.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False):
     import torch
     from transformers import PrinterCallback, TrainingArguments
@@ -254,6 +264,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
         include_num_input_tokens_seen="non_padding",
         bf16="bfloat16" in dtype, fp16="float16" in dtype and "bfloat16" not in dtype,
         dataloader_num_workers=train_args.dataloader_num_workers,
+        **_length_grouping(TrainingArguments, train_args.group_by_length and not packing),  # packed rows are full
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
         ddp_find_unused_parameters=False if world > 1 else None,
         # without a GPU, torchrun's processes are a gloo group that accelerate only forms when told "cpu"

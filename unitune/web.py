@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from unitune.errors import UnituneError
 
 log = logging.getLogger(__name__)
 _DONE = object()
+# how often a waiting response asks whether its client is still there, tokens flowing or not
+DISCONNECT_CHECK_S = 0.25
 
 
 @dataclass
@@ -38,6 +41,8 @@ class ServeArgs:
     max_queue: int = flag(8, "requests waiting for the model at most; more are answered 503")
     served_model_name: str | None = flag(None, "model id the API reports; default: the adapter's (or base's) "
                                                "directory name")
+    accept_any_model: bool = flag(False, "answer requests whatever `model` they name (default: another name than "
+                                         "the served one is a 404 model_not_found, as in the OpenAI API)")
 
 
 class ApiError(Exception):
@@ -59,12 +64,15 @@ class Job:
     gen_kwargs: dict = field(default_factory=dict)
     seed: int | None = None
     strip: bool = True
+    logprobs: int | None = None  # None: none; N: each token's log-probability and the N most likely
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
     error: BaseException | None = None
     cleared: bool = False  # the page's Clear stopped it: its chat ends empty
+    client_left: bool = False  # its HTTP client disconnected before the end
+    entries: list = field(default_factory=list)  # (token id, logprob, top pairs) of the pieces received so far
 
     def _bind(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -77,20 +85,33 @@ class Job:
             self.cancel.set()
 
     async def pieces(self, disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
-        """The text pieces; leaving early (or the client leaving) cancels this job and no other."""
+        """The text pieces; leaving early (or the client leaving) cancels this job and no other.
+
+        `disconnected` is asked every DISCONNECT_CHECK_S whether tokens arrive or not: a client that
+        left must free the model within a second, not when its reply is complete.
+        """
+        checked = time.monotonic()
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+                    item = await asyncio.wait_for(self._queue.get(), timeout=DISCONNECT_CHECK_S)
                 except asyncio.TimeoutError:
-                    if disconnected is not None and await disconnected():
+                    item = None
+                if disconnected is not None and time.monotonic() - checked >= DISCONNECT_CHECK_S:
+                    checked = time.monotonic()
+                    if await disconnected():
+                        self.client_left = True
                         return
+                if item is None:
                     continue
                 if item is _DONE:
                     if self.error is not None:
                         raise ApiError(500, f"generation failed: {self.error}", "server_error")
                     return
-                yield item
+                text, entries = item
+                self.entries.extend(entries)
+                if text:
+                    yield text
         finally:
             self.cancel.set()
 
@@ -136,9 +157,11 @@ class Engine:
                     if job.seed is not None:
                         torch.manual_seed(job.seed)
                     stream = stream_generate(model, tokenizer, job.prompt, job.max_new_tokens, job.stops,
-                                             cancel=job.cancel, strip=job.strip, **job.gen_kwargs)
+                                             cancel=job.cancel, strip=job.strip, logprobs=job.logprobs,
+                                             **job.gen_kwargs)
                     for piece in stream:
-                        job._put(piece)
+                        job._put((piece, stream.take_logprobs()))
+                    job._put(("", stream.take_logprobs()))  # tokens after the last piece (a stop string)
                     job.prompt_tokens, job.completion_tokens = stream.prompt_tokens, stream.completion_tokens
                     job.finish_reason = "length" if stream.finish_reason == "length" else "stop"
                 except Exception as err:  # reported to that client; the engine serves the next job
@@ -160,35 +183,53 @@ class Server:
         self.model_id = model_id
         self.engine = Engine(loaded, serve_args.max_queue)
         self.base_kwargs = gen_args.generate_kwargs()
+        self._tokens: dict[int, tuple[str, list[int]]] = {}
 
     def count(self, text: str) -> int:
         return len(self.loaded.tokenizer(text)["input_ids"])
 
-    def decoding(self, min_new_tokens: int | None = None, temperature=None, top_p=None, top_k=None,
-                 repetition_penalty=None, num_beams=None, do_sample=None) -> dict:
-        """The server's decoding preset overridden by a request; temperature 0 means greedy.
+    def check_model(self, name: str | None) -> None:
+        """The OpenAI API answers an unknown model with 404 model_not_found; so does this one (unless told not to)."""
+        if name is None or name == self.model_id or self.serve_args.accept_any_model:
+            return
+        raise ApiError(404, f"the model {name!r} does not exist: this server serves {self.model_id!r} (start it with "
+                            f"--accept_any_model to answer any name)", param="model", code="model_not_found")
+
+    def token(self, token_id: int) -> tuple[str, list[int]]:
+        """(text, UTF-8 bytes) of one token, as the OpenAI API reports logprobs; see unitune.web_api."""
+        if token_id not in self._tokens:
+            from unitune.web_api import token_text
+
+            self._tokens[token_id] = token_text(self.loaded.tokenizer, token_id)
+        return self._tokens[token_id]
+
+    def decoding(self, min_new_tokens: int | None = None, logprobs: int | None = None, temperature=None,
+                 top_p=None, top_k=None, repetition_penalty=None, num_beams=None, do_sample=None) -> dict:
+        """The server's decoding preset overridden by a request; temperature 0 means greedy (the same rule as
+        the flags: unitune.generation.settle).
 
         min_new_tokens (vLLM's ignore_eos) keeps the end-of-sequence token away until then.
         """
+        from unitune.generation import check_decoding, settle
+
         kwargs = dict(self.base_kwargs)
         if min_new_tokens:
             kwargs["min_new_tokens"] = min_new_tokens
         if temperature is not None:
-            kwargs["do_sample"] = temperature > 0
-            if temperature > 0:
-                kwargs["temperature"] = temperature
-        if top_p is not None:
-            kwargs["top_p"] = top_p
-        for key, value in (("top_k", top_k), ("repetition_penalty", repetition_penalty), ("num_beams", num_beams),
+            kwargs["do_sample"] = True  # settle() turns a temperature of about 0 into greedy decoding
+        for key, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                           ("repetition_penalty", repetition_penalty), ("num_beams", num_beams),
                            ("do_sample", do_sample)):
             if value is not None:
                 kwargs[key] = value
-        if not kwargs.get("do_sample"):  # sampling knobs would only draw warnings from generate()
-            for key in ("temperature", "top_p"):
-                kwargs.pop(key, None)
-            if not kwargs.get("penalty_alpha"):
-                kwargs.pop("top_k", None)
-        return kwargs
+        kwargs = settle(kwargs)
+        if logprobs is not None and kwargs.get("num_beams", 1) > 1:
+            raise ApiError(400, "logprobs are not available with beam search (num_beams > 1, or the server's "
+                                "--decoding beam)", param="logprobs")
+        try:
+            return check_decoding(kwargs)
+        except UnituneError as err:
+            raise ApiError(400, str(err)) from None
 
     def budget(self, prompt_tokens: int, max_tokens: int | None, param: str = "max_tokens") -> int:
         """max_new_tokens for a prompt: the request's (refused beyond the context window) or the default (cut)."""
@@ -196,7 +237,7 @@ class Server:
         room = None if window is None else window - prompt_tokens
         if room is not None and room < 1:
             raise ApiError(400, f"this model's maximum context length is {window} tokens and the prompt alone has "
-                                f"{prompt_tokens}", code="context_length_exceeded")
+                                f"{prompt_tokens}", param=param, code="context_length_exceeded")
         if max_tokens is None:
             max_tokens = self.gen_args.max_new_tokens if room is None else min(self.gen_args.max_new_tokens, room)
         if room is not None and max_tokens > room:
@@ -206,8 +247,12 @@ class Server:
         return max_tokens
 
     def chat_job(self, message: str, history: list, system: str | None, max_tokens: int | None,
-                 stops=(), seed=None, input: str = "", ignore_eos: bool = False, **decoding) -> Job:
-        """A templated multi-turn job; the oldest turns are dropped to fit --cutoff_len (as in server.py)."""
+                 stops=(), seed=None, input: str = "", ignore_eos: bool = False, logprobs: int | None = None,
+                 params: tuple[str, str] = ("messages", "max_tokens"), **decoding) -> Job:
+        """A templated multi-turn job; the oldest turns are dropped to fit --cutoff_len (as in server.py).
+
+        params names the request fields of the prompt and of the token budget, for errors about them.
+        """
         template, cutoff = self.loaded.template, self.chat_args.cutoff_len
         if system is None:
             system = self.chat_args.system
@@ -216,28 +261,35 @@ class Server:
         prompt, kept, n_tokens = fit_history(template, self.loaded.tokenizer, message, history, system, limit,
                                              input)
         if n_tokens > cutoff:
-            raise ApiError(400, f"the last message makes a prompt of {n_tokens} tokens, more than the server's "
-                                f"--cutoff_len {cutoff}", param="messages", code="context_length_exceeded")
+            raise ApiError(400, f"the {'last message' if params[0] == 'messages' else params[0]} makes a prompt of "
+                                f"{n_tokens} tokens, more than the server's --cutoff_len {cutoff}", param=params[0],
+                           code="context_length_exceeded")
         if self.chat_args.verbose:
             log.info("prompt (%d tokens, %d turns of history):\n%s", n_tokens, len(kept), prompt)
-        new_tokens = self.budget(n_tokens, max_tokens)
-        return self.engine.submit(Job(prompt, new_tokens, (*template.stop, *stops),
-                                      self.decoding(new_tokens if ignore_eos else None, **decoding), seed))
+        new_tokens = self.budget(n_tokens, max_tokens, params[1])
+        kwargs = self.decoding(new_tokens if ignore_eos else None, logprobs, **decoding)
+        return self.engine.submit(Job(prompt, new_tokens, (*template.stop, *stops), kwargs, seed,
+                                      logprobs=logprobs))
 
     def raw_budget(self, prompt: str, max_tokens: int) -> int:
         n_tokens = self.count(prompt)
+        if n_tokens == 0:  # "" is a document's start: TextStream generates from BOS
+            if self.loaded.tokenizer.bos_token_id is None:
+                raise ApiError(400, "the prompt is empty and this model's tokenizer has no BOS token to start from",
+                               param="prompt")
+            n_tokens = 1
         if n_tokens > self.chat_args.cutoff_len:
             raise ApiError(400, f"the prompt has {n_tokens} tokens, more than the server's --cutoff_len "
                                 f"{self.chat_args.cutoff_len}", param="prompt", code="context_length_exceeded")
         return self.budget(n_tokens, max_tokens)
 
     def raw_job(self, prompt: str, max_tokens: int, stops=(), seed=None, ignore_eos: bool = False,
-                **decoding) -> Job:
+                logprobs: int | None = None, **decoding) -> Job:
         """An untemplated continuation (/v1/completions): whitespace is the model's, not trimmed."""
         new_tokens = self.raw_budget(prompt, max_tokens)
-        return self.engine.submit(Job(prompt, new_tokens, tuple(stops),
-                                      self.decoding(new_tokens if ignore_eos else None, **decoding), seed,
-                                      strip=False))
+        kwargs = self.decoding(new_tokens if ignore_eos else None, logprobs, **decoding)
+        return self.engine.submit(Job(prompt, new_tokens, tuple(stops), kwargs, seed, strip=False,
+                                      logprobs=logprobs))
 
 
 def model_id_for(model_args: ModelArgs, serve_args: ServeArgs) -> str:
@@ -277,9 +329,7 @@ def run(argv: list[str] | None = None) -> None:
         [ModelArgs, GenerationArgs, ChatArgs, ServeArgs], argv, prog="web.py",
         description="Serve a model (and adapter) as a Gradio chat page and an OpenAI-compatible API on one port.")
     check_model_args(model_args)  # flag mistakes surface before the slow imports
-    gen_args.generate_kwargs()
-    if serve_args.max_queue < 1:
-        raise UnituneError(f"--max_queue must be at least 1, got {serve_args.max_queue}")
+    gen_args.generate_kwargs()  # every flag's bounds were checked by parse (unitune/limits.py)
     if serve_args.api_key is None:
         serve_args.api_key = os.environ.get("UNITUNE_API_KEY") or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -119,5 +119,6 @@ def build_page(server):
         regen_button.click(regenerate, [pairs, *settings], outputs)
         stop_button.click(stop, None, None)
         clear_button.click(clear, None, outputs)
+        chatbot.clear(clear, None, outputs)  # the chat's own trash icon: it must forget the history too
     page.queue(default_concurrency_limit=None)  # the Engine's queue is the one that bounds work
     return page
