@@ -37,10 +37,10 @@ def check_model_args(model_args) -> ModelSpec:
     path = Path(model_args.base_path)
     if not path.is_dir():
         raise UnituneError(f"--model_name_or_path {path}: no such model directory (no model hub is used)")
-    config_type = families.read_config(path).get("model_type")
+    config_type = families.read_config(path, required=False).get("model_type")
     if spec.name == "auto":  # a checkpoint in a registered family's own format gets that family's entry
         spec = detect_model_spec(config_type) or spec
-    elif spec.config_types and config_type not in spec.config_types:
+    elif spec.config_types and config_type is not None and config_type not in spec.config_types:
         raise UnituneError(f"--model_type {spec.name}: {path} is a {config_type!r} checkpoint (config.json "
                            f"model_type), not one of {', '.join(spec.config_types)}; pass its own --model_type or auto")
     code = families.checkpoint_code(spec.family, str(path))

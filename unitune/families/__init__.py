@@ -40,9 +40,13 @@ def family_module(name: str) -> ModuleType | None:
     return importlib.import_module(FAMILIES[name]) if name else None
 
 
-def read_config(path: str | Path) -> dict:
+def read_config(path: str | Path, required: bool = True) -> dict:
+    """config.json of a model directory; {} when absent and not required (the flag checks that run before the data
+    is read leave a directory without one for the model load to report, after the data)."""
     file = Path(path) / "config.json"
     if not file.is_file():
+        if not required:
+            return {}
         raise UnituneError(f"{path}: no config.json, not a model directory")
     return json.loads(file.read_text())
 
@@ -136,7 +140,8 @@ def converts(family: str, path: str) -> bool:
     """Whether this checkpoint is in a format its family converts to a native transformers class (a checkpoint
     that already is native, e.g. a merged model unitune wrote, is not)."""
     module = family_module(family)
-    return module is not None and hasattr(module, "native_config") and module.is_convertible(read_config(path))
+    return (module is not None and hasattr(module, "native_config")
+            and module.is_convertible(read_config(path, required=False)))
 
 
 def model_source(family: str, path: str) -> str:
@@ -149,7 +154,7 @@ def checkpoint_code(family: str, path: str) -> list[str]:
     Reads only JSON, so it is answered before torch is imported."""
     module = family_module(family)
     code = []
-    if not converts(family, path) and "auto_map" in read_config(path):
+    if not converts(family, path) and "auto_map" in read_config(path, required=False):
         code.append("modeling")
     tokenizer_config = Path(path) / "tokenizer_config.json"
     own_tokenizer = module is not None and hasattr(module, "load_tokenizer") and any(Path(path).glob("tokenization_*.py"))
