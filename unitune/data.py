@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from unitune.dataset_registry import eval_files, registry, resolve, resolve_all  # noqa: F401 (re-exported)
 from unitune.errors import UnituneError
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,6 @@ def load_file(path: str | Path, max_samples: int | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- registry
-from unitune.dataset_registry import eval_files, registry, resolve, resolve_all  # noqa: E402,F401 (re-exported)
-
-
 def load_datasets(names: list[str], max_samples: int | None = None, data_dir: str | None = None) -> list[dict]:
     records: list[dict] = []
     for name in names:

@@ -189,14 +189,13 @@ def run(argv: list[str] | None = None) -> dict:
     save_weights(loaded, method, trainer, out)  # every process: sharded states gather collectively
     if is_main_process():
         save_outputs(loaded, trainer, out, model_args, data_args, peft_args, train_args)
-        if eval_records:
+        if eval_records or benchmarks:  # the tuned model answers: inference mode, with its KV cache
             loaded.model.eval()
             loaded.model.config.use_cache = True
+        if eval_records:
             results["tuned_accuracy"], _ = score_exact_match(loaded.model, loaded.tokenizer, loaded.template,
                                                              eval_records, max_new)
         if benchmarks:
-            loaded.model.eval()
-            loaded.model.config.use_cache = True
             tuned_args = dataclasses.replace(model_args, adapter=str(out))  # names what answered, for the key
             results["benchmarks"] = run_benchmarks(benchmarks, loaded, tuned_args, max_new, "tuned")
         (out / "results.json").write_text(json.dumps(results, indent=2))
