@@ -70,6 +70,39 @@ def test_packed_loss_is_the_unpacked_loss_over_the_same_tokens(llama, examples):
     assert torch.isfinite(a) and abs(a.item() - b.item()) < 1e-4
 
 
+def test_labelled_rows_loss_equals_the_models_own_loss_and_gradients(tiny_model):
+    """The LM head on labelled positions only: the model's own loss and LoRA gradients, mean and summed over a
+    given token count, on unpacked (right-padded) and packed batches."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unitune import data as D
+    from unitune.loss import labelled_rows_loss
+    from unitune.templates import get_template
+
+    path = tiny_model("llama")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    examples = [D.encode(tok, get_template("alpaca"), D.normalize(r, "r"), 128, False) for r in RECORDS[:5]]
+    batches = [D.Collator(tok.pad_token_id)(examples), PackedCollator(tok.pad_token_id)(pack(examples, 256))]
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    for batch in batches:
+        for items in (None, torch.tensor(1000)):
+            extra = {} if items is None else {"num_items_in_batch": items}
+            own, own_grads = loss_and_grads(lambda: model(**batch, use_cache=False, **extra).loss)
+            ours, our_grads = loss_and_grads(lambda: labelled_rows_loss(model, model.get_output_embeddings(),
+                                                                        batch, items))
+            assert abs(own - ours) < 1e-6, (own, ours)
+            assert max((a - b).abs().max().item() for a, b in zip(own_grads, our_grads)) < 1e-6
+
+
 def _step_losses(tiny_path: Path, data: Path, out: Path, *flags: str) -> list[float]:
     T.run(["--model_name_or_path", str(tiny_path), "--data", str(data), "--output_dir", str(out),
            "--max_steps", "3", "--learning_rate", "1e-2", "--logging_steps", "1", "--cutoff_len", "512",
@@ -79,16 +112,19 @@ def _step_losses(tiny_path: Path, data: Path, out: Path, *flags: str) -> list[fl
     return [h["loss"] for h in log if "loss" in h]
 
 
-def test_loss_does_not_depend_on_how_the_batch_is_split(llama, tmp_path):
+@pytest.mark.parametrize("packing", ["false", "true"])
+def test_loss_does_not_depend_on_how_the_batch_is_split(llama, tmp_path, packing):
     """batch 8 x accumulation 1 and batch 2 x accumulation 4: the same per-step losses (the mean over all
-    response tokens of the step, not a mean of micro-batch means), so also the same updates."""
+    response tokens of the step, not a mean of micro-batch means), so also the same updates; unpacked, and
+    packed two examples a row (the loss then runs the LM head on labelled positions only)."""
     path, _, _ = llama
     data = tmp_path / "train.json"
     data.write_text(json.dumps(RECORDS))
+    size = ["--packing", packing, "--compute_dtype", "fp32", "--cutoff_len", "128" if packing == "true" else "512"]
     whole = _step_losses(path, data, tmp_path / "a", "--per_gpu_train_batch_size", "8",
-                         "--gradient_accumulation_steps", "1")
+                         "--gradient_accumulation_steps", "1", *size)
     split = _step_losses(path, data, tmp_path / "b", "--per_gpu_train_batch_size", "2",
-                         "--gradient_accumulation_steps", "4")
+                         "--gradient_accumulation_steps", "4", *size)
     assert len(whole) == len(split) == 3
     assert all(abs(x - y) < 1e-4 for x, y in zip(whole, split)), (whole, split)
 
@@ -125,9 +161,10 @@ def test_group_by_length_batches_similar_lengths(llama, tmp_path):
 
     try:
         Collator.__call__ = counting
-        _step_losses(path, data, tmp_path / "g", "--group_by_length", "--per_gpu_train_batch_size", "4")
+        _step_losses(path, data, tmp_path / "g", "--group_by_length", "--per_gpu_train_batch_size", "4",
+                     "--packing", "false")
         grouped, seen[:] = list(seen), []
-        _step_losses(path, data, tmp_path / "r", "--per_gpu_train_batch_size", "4")
+        _step_losses(path, data, tmp_path / "r", "--per_gpu_train_batch_size", "4", "--packing", "false")
     finally:
         Collator.__call__ = original
     assert sum(grouped) < sum(seen), (grouped, seen)

@@ -32,7 +32,8 @@ class ModelArgs:
                                   aliases=("--lora_dir", "--adapter_name_or_path", "--lora_weights"))
     template: Optional[str] = flag(None, "prompt template from templates/*.json; default: the model type's")
     quantization_bit: Optional[int] = flag(None, "load the base in 4 or 8 bits (bitsandbytes)", choices=[4, 8])
-    compute_dtype: str = flag("auto", "dtype for weights and compute",
+    compute_dtype: str = flag("auto", "dtype for weights and compute; auto: bf16 on GPUs with bf16 (else fp16), on "
+                              "CPUs with native bf16 (AMX, AVX512-BF16) bf16 for training, otherwise fp32",
                               choices=["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
     double_quant: bool = flag(True, "nested quantization of the 4-bit constants")
     quant_type: str = flag("nf4", "4-bit data type", choices=["nf4", "fp4"])
@@ -62,9 +63,9 @@ class DataArgs:
     cutoff_len: int = flag(512, "maximum tokens per example; longer ones are truncated")
     val_set_size: float = flag(0, "validation split: a count (>=1) or a fraction (<1)")
     train_on_inputs: bool = flag(False, "also compute the loss on the prompt tokens")
-    packing: bool = flag(False, "pack several examples into each --cutoff_len row, positions restarting and no "
-                         "attention across examples (checked on the model before training)",
-                         aliases=("--neat_packing",))
+    packing: Optional[bool] = flag(None, "pack several examples into each --cutoff_len row, positions restarting and "
+                                   "no attention across examples (checked on the model before training); default: "
+                                   "on where the method and the model's attention allow it", aliases=("--neat_packing",))
     max_samples: Optional[int] = flag(None, "use at most this many training records per dataset")
     cache_dir: Optional[str] = flag(None, "tokenized-data cache; default ~/.cache/unitune/tokenized")
     data_dir: Optional[str] = flag(None, "where registered datasets that unitune does not ship (Alpaca-CoT's, ...) "

@@ -56,9 +56,26 @@ def guarded_trainer_class():
                     stop(state, "gradient norm", float(norm), args.output_dir)
 
     class GuardedTrainer(Trainer):
+        labelled_rows_only = False  # True: the loss runs the LM head on labelled positions only (unitune.loss)
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(GradientGuard())
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.loss_is_scaled_for_ga = None  # the Trainer's own rule, unless our loss below decides
+            if self.labelled_rows_only and not return_outputs and "labels" in inputs:
+                from unitune.loss import labelled_rows_loss
+
+                head = self.accelerator.unwrap_model(model).get_output_embeddings()
+                loss = labelled_rows_loss(model, head, inputs, num_items_in_batch) if head is not None else None
+                if loss is not None:
+                    self.loss_is_scaled_for_ga = num_items_in_batch is not None
+                    if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                        loss = loss * self.accelerator.num_processes  # the Trainer's rule: the count is global
+                    return loss
+                self.labelled_rows_only = False  # this model post-processes its logits: its own loss from now on
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)

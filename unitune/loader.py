@@ -55,13 +55,25 @@ def check_model_args(model_args) -> ModelSpec:
     return spec
 
 
-def resolve_dtype(name: str):
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 runs at 2-7x the fp32
+    matmul peak; elsewhere it is emulated and slower than fp32."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, check, lambda: False)() for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def resolve_dtype(name: str, mode: str = "infer"):
+    """--compute_dtype auto: bf16 on GPUs that have it (else fp16); on a CPU, bf16 for training where the CPU
+    has native bf16 (the frozen base in bf16, trainable weights float32, autocast), float32 for inference,
+    whose greedy answers should not depend on the machine."""
     import torch
 
     if name == "auto":
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if mode == "train" and cpu_has_native_bf16() else torch.float32
     return getattr(torch, _DTYPES[name])
 
 
@@ -153,7 +165,7 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
     from unitune.chat_templates import resolve as resolve_template
 
     template = resolve_template(model_args.template, spec.template, tokenizer)
-    dtype = resolve_dtype(model_args.compute_dtype)
+    dtype = resolve_dtype(model_args.compute_dtype, mode)
     quant = None if mode == "merge" else _quantization_config(model_args, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
     if quant is not None:

@@ -161,10 +161,10 @@ def run(argv: list[str] | None = None) -> dict:
         tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
                                data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
-    if data_args.packing:
-        from unitune.packing import check_isolation, pack
+    packing = decide_packing(data_args.packing, method, loaded.model, train_set, model_args.model_type)
+    if packing:
+        from unitune.packing import pack
 
-        check_isolation(loaded.model, train_set, model_args.model_type)
         rows = pack(train_set, data_args.cutoff_len)
         log.info("packed %d examples into %d rows of at most %d tokens", len(train_set), len(rows),
                  data_args.cutoff_len)
@@ -172,7 +172,7 @@ def run(argv: list[str] | None = None) -> dict:
     trainable, total = count_parameters(loaded.model)
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
 
-    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, data_args.packing)
+    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing)
     out = Path(train_args.output_dir)
     started = time.time()
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
@@ -201,6 +201,23 @@ def run(argv: list[str] | None = None) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         report(results, len(eval_records), out)
     return results
+
+
+def decide_packing(requested: bool | None, method, model, train_set: list, model_type: str) -> bool:
+    """--packing as asked; unset, it is on wherever the method adds no virtual tokens and the isolation check
+    passes on this model's attention path (a failed check then only logs, and the run trains unpacked)."""
+    from unitune.packing import check_isolation
+
+    if requested is False or (requested is None and not method.packable):
+        return False
+    try:
+        check_isolation(model, train_set, model_type)
+    except UnituneError as err:
+        if requested:
+            raise
+        log.warning("training unpacked: %s", err)
+        return False
+    return True
 
 
 def run_benchmarks(benchmarks: list, loaded, model_args, max_new_tokens: int, label: str) -> dict:
@@ -276,6 +293,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
     trainer = guarded_trainer_class()(model=loaded.model, args=targs, train_dataset=train_set,
                                       eval_dataset=val_set or None, data_collator=collator, callbacks=callbacks,
                                       processing_class=loaded.tokenizer if packing else None)
+    trainer.labelled_rows_only = method.packable  # prompt-learning methods shift positions by virtual tokens
     trainer.remove_callback(PrinterCallback)  # our bar shows the loss; raw log dicts would garble it
     return trainer
 
