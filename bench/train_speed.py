@@ -10,7 +10,8 @@ Every run trains the same model (built from a config, random weights) on the sam
 each in its own process, measured alone one after the other:
 - ceiling_<dtype>: a plain PEFT step (forward, backward, AdamW) on full packed rows, fp32 and bf16 autocast;
 - unitune_default: uniform_finetune.py with only the workload flags;
-- unitune_packed_<dtype>: the same with --packing (and --compute_dtype bf16);
+- unitune_unpacked_fp32: the defaults before packing and bf16 were (--packing false --compute_dtype fp32);
+- unitune_packed_fp32: packing in fp32, where the default computes in bf16;
 - alpaca_cot_baseline: HF Trainer + PEFT LoRA, padding to the longest, fp32, no packing (how Alpaca-CoT trains);
 - llamafactory_default / llamafactory_neat_packing_bf16: via ../shared/peers/llamafactory.sh (--peers).
 Reported per run: non-padding tokens/s, wall time, peak RSS, and MFU (model FLOPs — 4N per token for a frozen
@@ -274,7 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     model_dir, data_file = build_workload(work, size)
     epoch_tokens, mean_len = tokens_per_epoch(model_dir, data_file, size["cutoff"])
-    bf16_ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    from unitune.loader import cpu_has_native_bf16
+
+    bf16_ok = cpu_has_native_bf16()  # the rule unitune's --compute_dtype auto follows on a CPU
     dtypes = ["fp32", "bf16"] if bf16_ok else ["fp32"]
     peaks = {d: matmul_peak(d) for d in dtypes}
     common = [str(model_dir), str(data_file)]
@@ -284,20 +287,29 @@ def main(argv: list[str] | None = None) -> dict:
                                                     str(size["cutoff"])])
     runs["alpaca_cot_baseline"] = script_run(BASELINE, [*common, str(work / "baseline"), str(size["steps"]),
                                                         str(size["batch"]), str(size["cutoff"])])
-    runs["unitune_default"] = unitune_run("unitune_default", model_dir, data_file, work, size)
+    # name -> (flags, dtype it computes in, packed rows or not)
+    unitune = {"unitune_default": ((), dtypes[-1], True),  # no flags: packing and, where native, bf16
+               "unitune_unpacked_fp32": (("--packing", "false", "--compute_dtype", "fp32"), "fp32", False)}
+    if bf16_ok:
+        unitune["unitune_packed_fp32"] = (("--compute_dtype", "fp32"), "fp32", True)
+    for name, (flags, dtype, packed) in unitune.items():
+        runs[name] = {**unitune_run(name, model_dir, data_file, work, size, *flags), "dtype": dtype, "packed": packed}
     for d in dtypes:
-        runs[f"unitune_packed_{d}"] = unitune_run(f"unitune_packed_{d}", model_dir, data_file, work, size,
-                                                  "--packing", "--compute_dtype", d)
+        runs[f"ceiling_{d}"].update(dtype=d, packed=True)
+    runs["alpaca_cot_baseline"].update(dtype="fp32", packed=False)
     if args.peers:
-        runs.update(llamafactory_runs(model_dir, data_file, work, size, epoch_tokens))
-    flops = {"packed": model_flops_per_token(model_dir, size["cutoff"] / 2),
-             "unpacked": model_flops_per_token(model_dir, mean_len / 2)}
+        lf = llamafactory_runs(model_dir, data_file, work, size, epoch_tokens)
+        lf["llamafactory_default"].update(dtype="fp32", packed=False)
+        lf["llamafactory_neat_packing_bf16"].update(dtype="bf16", packed=True)
+        runs.update(lf)
+    flops = {True: model_flops_per_token(model_dir, size["cutoff"] / 2),
+             False: model_flops_per_token(model_dir, mean_len / 2)}
     for name, run in runs.items():
         if run.get("status") != "ok":
             continue
         run["tokens_per_second"] = run["tokens"] / run["seconds"]
-        dtype = "bf16" if "bf16" in name else "fp32"
-        per_token = flops["packed" if ("ceiling" in name or "pack" in name) else "unpacked"]
+        dtype = run["dtype"] if run["dtype"] in peaks else "fp32"
+        per_token = flops[run["packed"]]
         run["mfu"] = run["tokens_per_second"] * per_token / peaks[dtype]
         ceiling = runs.get(f"ceiling_{dtype}", {}).get("tokens_per_second")
         run["of_ceiling"] = run["tokens_per_second"] / ceiling if ceiling else None
@@ -308,14 +320,29 @@ def main(argv: list[str] | None = None) -> dict:
                            "mean_example_tokens": mean_len},
               "command": "python bench/train_speed.py" + (" --quick" if args.quick else "")
                          + (" --peers" if args.peers else ""),
-              "runs": runs}
+              "runs": runs, "ratios": ratios(runs)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
     print(table(result))
+    for name, value in result["ratios"].items():
+        print(f"{name}: {value:.2f}")
     return result
+
+
+def ratios(runs: dict) -> dict:
+    """The issue's targets, as ratios of this one run: unitune's default against each reference."""
+    speed = {name: run["tokens_per_second"] for name, run in runs.items() if run.get("status") == "ok"}
+    default = speed.get("unitune_default")
+    out = {}
+    if default:
+        for reference in ("alpaca_cot_baseline", "llamafactory_default", "llamafactory_neat_packing_bf16"):
+            if speed.get(reference):
+                out[f"unitune_default / {reference}"] = default / speed[reference]
+        out["unitune_default of its ceiling"] = runs["unitune_default"].get("of_ceiling") or 0.0
+    return out
 
 
 def table(result: dict) -> str:

@@ -19,9 +19,12 @@ def test_train_speed_quick_writes_every_run(tmp_path):
     result = json.loads(out.read_text())
     assert result["machine"]["matmul_peak_flops"]["fp32"] > 0
     runs = result["runs"]
-    assert {"ceiling_fp32", "alpaca_cot_baseline", "unitune_default", "unitune_packed_fp32"} <= set(runs)
+    assert {"ceiling_fp32", "alpaca_cot_baseline", "unitune_default", "unitune_unpacked_fp32"} <= set(runs)
     for name, run in runs.items():
         assert run["status"] == "ok", (name, run)
         assert run["tokens_per_second"] > 0 and 0 < run["mfu"] < 1 and run["peak_rss_mb"] > 50, (name, run)
     assert runs["ceiling_fp32"]["of_ceiling"] == 1.0
     assert "| unitune_default |" in proc.stdout
+    ratio = result["ratios"]["unitune_default / alpaca_cot_baseline"]
+    assert ratio == runs["unitune_default"]["tokens_per_second"] / runs["alpaca_cot_baseline"]["tokens_per_second"]
+    assert f"unitune_default / alpaca_cot_baseline: {ratio:.2f}" in proc.stdout

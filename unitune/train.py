@@ -182,6 +182,8 @@ def run(argv: list[str] | None = None) -> dict:
 
         wandb.finish()
     results["trainable_parameters"] = trainable
+    results["packed"] = packing  # what the defaults decided, for this machine and model
+    results["compute_dtype"] = "bfloat16" if trainer.args.bf16 else "float16" if trainer.args.fp16 else "float32"
     results["dropped_examples"] = tokenized.dropped
     history = [h for h in trainer.state.log_history if "loss" in h]
     results["final_loss"] = history[-1]["loss"] if history else None
