@@ -57,7 +57,7 @@ def _argv(base: Path, family: str, method: str, bits: int | None, out: Path, *ex
     argv = ["--model_type", family, "--model_name_or_path", str(base), "--peft_type", method,
             "--output_dir", str(out), "--max_steps", str(STEPS), "--per_gpu_train_batch_size", str(len(RECORDS)),
             "--save_steps", "1000", "--logging_steps", "1", "--num_virtual_tokens", "4", "--seed", "0",
-            "--learning_rate", "1e-2", *extra]
+            "--learning_rate", "1e-2", "--compute_dtype", "fp32", *extra]  # logits compared at 1e-5
     if bits:
         argv += ["--quantization_bit", str(bits)]
     if MODELS[family].remote_code:

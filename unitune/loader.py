@@ -77,6 +77,21 @@ def resolve_dtype(name: str, mode: str = "infer"):
     return getattr(torch, _DTYPES[name])
 
 
+def autocast_for(model):
+    """The autocast the Trainer trains under, for forwards outside it (the packing check, the tuned model's
+    answers): a bf16 / fp16 base with float32 trained weights mixes dtypes only autocast reconciles."""
+    import contextlib
+
+    import torch
+
+    params = list(model.parameters())
+    dtypes = {p.dtype for p in params}
+    half = next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), None)
+    if half is None or dtypes == {half}:
+        return contextlib.nullcontext()
+    return torch.autocast(params[0].device.type, dtype=half)
+
+
 def load_tokenizer(model_args, spec: ModelSpec, padding_side: str):
     from transformers import AutoTokenizer
 

@@ -67,11 +67,13 @@ def isolation_error(model, examples: list[dict]) -> float:
     types divided by the largest |logit|."""
     import torch
 
+    from unitune.loader import autocast_for
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast_for(model):
             row = PackedCollator(0)([join(examples)])
             # no KV cache: transformers finds packed rows from the position ids only without mask and cache
             packed = model(input_ids=row["input_ids"].to(device), position_ids=row["position_ids"].to(device),

@@ -194,12 +194,15 @@ def run(argv: list[str] | None = None) -> dict:
         if eval_records or benchmarks:  # the tuned model answers: inference mode, with its KV cache
             loaded.model.eval()
             loaded.model.config.use_cache = True
-        if eval_records:
-            results["tuned_accuracy"], _ = score_exact_match(loaded.model, loaded.tokenizer, loaded.template,
-                                                             eval_records, max_new)
-        if benchmarks:
-            tuned_args = dataclasses.replace(model_args, adapter=str(out))  # names what answered, for the key
-            results["benchmarks"] = run_benchmarks(benchmarks, loaded, tuned_args, max_new, "tuned")
+        from unitune.loader import autocast_for
+
+        with autocast_for(loaded.model):  # the dtypes it trained in
+            if eval_records:
+                results["tuned_accuracy"], _ = score_exact_match(loaded.model, loaded.tokenizer, loaded.template,
+                                                                 eval_records, max_new)
+            if benchmarks:
+                tuned_args = dataclasses.replace(model_args, adapter=str(out))  # names what answered, for the key
+                results["benchmarks"] = run_benchmarks(benchmarks, loaded, tuned_args, max_new, "tuned")
         (out / "results.json").write_text(json.dumps(results, indent=2))
         report(results, len(eval_records), out)
     return results
