@@ -96,9 +96,9 @@ def test_labelled_rows_loss_equals_the_models_own_loss_and_gradients(tiny_model)
     for batch in batches:
         for items in (None, torch.tensor(1000)):
             extra = {} if items is None else {"num_items_in_batch": items}
-            own, own_grads = loss_and_grads(lambda: model(**batch, use_cache=False, **extra).loss)
-            ours, our_grads = loss_and_grads(lambda: labelled_rows_loss(model, model.get_output_embeddings(),
-                                                                        batch, items))
+            own, own_grads = loss_and_grads(lambda b=batch, e=extra: model(**b, use_cache=False, **e).loss)
+            ours, our_grads = loss_and_grads(lambda b=batch, n=items: labelled_rows_loss(
+                model, model.get_output_embeddings(), b, n))
             assert abs(own - ours) < 1e-6, (own, ours)
             assert max((a - b).abs().max().item() for a, b in zip(own_grads, our_grads)) < 1e-6
 
