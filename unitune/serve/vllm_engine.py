@@ -68,6 +68,7 @@ class VllmEngine:
         self.loaded, self.max_queue, self.max_batch_size = loaded, max_queue, max_batch_size
         self.counts = {"finished": 0, "cancelled": 0, "failed": 0}
         self.largest_batch, self._inflight, self._ids = 0, 0, itertools.count()
+        self._count = threading.Lock()  # _inflight: raised by the server's thread, lowered by vLLM's
         self._window = families.read_config(Path(model_args.base_path), required=False).get("max_position_embeddings")
         self._lora = None
         extra = {}
@@ -108,10 +109,11 @@ class VllmEngine:
             raise ApiError(400, "beam search, contrastive search and no_repeat_ngram_size are not available with "
                                 "--infer_backend vllm; use greedy decoding or sampling")
         job._bind()
-        if self._inflight >= self.max_batch_size + self.max_queue:
-            raise queue_full()
-        self._inflight += 1
-        self.largest_batch = max(self.largest_batch, self.running)
+        with self._count:
+            if self._inflight >= self.max_batch_size + self.max_queue:
+                raise queue_full()
+            self._inflight += 1
+            self.largest_batch = max(self.largest_batch, self.running)
         asyncio.run_coroutine_threadsafe(self._serve(job), self._loop)
         return job
 
@@ -165,7 +167,8 @@ class VllmEngine:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            self._inflight -= 1
+            with self._count:
+                self._inflight -= 1
         job.completion_tokens = len(text.ids)
         job.finish_reason = "length" if reason == "length" else "stop"
         self.counts["failed" if job.error else "cancelled" if reason == "cancelled" else "finished"] += 1
