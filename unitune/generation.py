@@ -185,6 +185,7 @@ class NextToken:
     def __init__(self, model, gen_kwargs: dict[str, Any], prompt_ids: list[int], pad_token_id: int,
                  eos_token_id: int | None, seed: int | None = None, logprobs: int | None = None) -> None:
         import torch
+        from transformers import MinNewTokensLengthLogitsProcessor
 
         config = check_decoding({**DECODING_PRESETS["greedy"], **gen_kwargs})
         own_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -194,11 +195,18 @@ class NextToken:
         # kwargs over the checkpoint's generation_config over the global defaults, then the processors
         merged, _ = model._prepare_generation_config(None, pad_token_id=pad_token_id, **config)
         model._prepare_special_tokens(merged, True, device=device)
-        self.processors = model._get_logits_processor(merged, input_ids_seq_length=len(prompt_ids), device=device)
+        processors = model._get_logits_processor(merged, input_ids_seq_length=len(prompt_ids), device=device)
         eos = merged._eos_token_tensor
         self.eos = set() if eos is None else set(eos.reshape(-1).tolist())
+        self._eos_ids = sorted(self.eos)
+        # min_new_tokens (ignore_eos) only sets the eos scores to -inf until then: done here, in place, so a greedy
+        # row needs no processor and takes the batch's argmax (the same scores: -inf stays -inf through the rest)
+        self.min_new = max([q.min_new_tokens for q in processors if isinstance(q, MinNewTokensLengthLogitsProcessor)],
+                           default=0)
+        self.processors = [q for q in processors if not isinstance(q, MinNewTokensLengthLogitsProcessor)]
         self.sample, self.logprobs = bool(merged.do_sample), logprobs
-        self.ids = torch.tensor([prompt_ids], device=device) if len(self.processors) else None
+        self.chosen = 0  # tokens chosen so far
+        self.ids = torch.tensor([prompt_ids], device=device) if self.processors else None
         self.generator = None
         if self.sample:
             self.generator = torch.Generator(device=device)
@@ -211,14 +219,25 @@ class NextToken:
     @property
     def plain(self) -> bool:
         """Greedy with nothing to apply or record: the token is the row's argmax, taken for the whole batch at once."""
-        return not self.sample and not len(self.processors) and self.logprobs is None
+        return not self.sample and not self.processors and self.logprobs is None
+
+    def ban_eos(self, scores) -> None:
+        """Before min_new_tokens are out, no end of sequence: its scores -inf, in place ((1, vocab) or (vocab,))."""
+        if self.chosen < self.min_new and self._eos_ids:
+            scores[..., self._eos_ids] = float("-inf")
+
+    def taken(self, token: int) -> int:
+        """Count a token chosen for this row outside choose() (a plain row's batch argmax)."""
+        self.chosen += 1
+        return token
 
     def choose(self, scores) -> int:
-        """The next token from this sequence's (1, vocab) float scores."""
+        """The next token from this sequence's (1, vocab) float scores (changed in place)."""
         import torch
 
-        if len(self.processors):
-            scores = self.processors(self.ids, scores)
+        self.ban_eos(scores)
+        for processor in self.processors:  # LogitsProcessorList would inspect each one's signature every call
+            scores = processor(self.ids, scores)
         if self.sample:
             token = int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[0, 0])
         else:
@@ -232,7 +251,7 @@ class NextToken:
                                  list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []))
         if self.ids is not None:
             self.ids = torch.cat([self.ids, self.ids.new_tensor([[token]])], dim=1)
-        return token
+        return self.taken(token)
 
     def take_logprobs(self) -> list[tuple]:
         taken, self.entries = self.entries, []

@@ -48,7 +48,7 @@ class Row:
         piece = self.text.add([token])
         job, n = self.job, len(self.text.ids)
         if piece:
-            job._put((piece, self.chooser.take_logprobs()))
+            job._put((piece, self.chooser.take_logprobs()), now=False)  # the engine wakes the client after the step
         if self.text.stopped or token in self.chooser.eos:
             self.finish_reason = "stop"
         elif n >= job.max_new_tokens:
@@ -124,10 +124,14 @@ class Batch:
         tokens = torch.tensor([[row.last] for row in self.rows], device=self.mask.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         scores, self.cache = self._forward(tokens, self.mask, self.cache)
-        argmax = scores.argmax(-1).tolist()  # the plain greedy rows' tokens, in one operation
+        plain = [row.chooser.plain for row in self.rows]
+        for i, row in enumerate(self.rows):
+            if plain[i]:
+                row.chooser.ban_eos(scores[i])
+        argmax = scores.argmax(-1).tolist() if any(plain) else None  # the plain rows' tokens, in one operation
         for i, row in enumerate(self.rows):
             try:
-                row.take(argmax[i] if row.chooser.plain else row.chooser.choose(scores[i:i + 1]))
+                row.take(row.chooser.taken(argmax[i]) if plain[i] else row.chooser.choose(scores[i:i + 1]))
             except Exception as err:  # this request's failure (its own settings), not the others'
                 log.exception("choosing a token failed")
                 row.job.error, row.finish_reason = err, "error"

@@ -15,6 +15,7 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,49 @@ def queue_full() -> ApiError:
                     "server_overloaded", code="queue_full")
 
 
+class _Outbox:
+    """What the engine thread hands to one event loop's jobs, delivered with one wake-up per batch step: a wake-up
+    writes to the loop's self-pipe (and hands it the GIL), and one per token of every running request cost more
+    than the step itself."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.items, self.lock, self.scheduled = loop, [], threading.Lock(), False
+
+    def put(self, queue: asyncio.Queue, item: Any, now: bool = True) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+        if now:
+            self.send()
+
+    def send(self) -> None:
+        with self.lock:
+            if self.scheduled or not self.items:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_OUTBOXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Outbox
+_OUTBOXES_LOCK = threading.Lock()
+
+
+def _send_all() -> None:
+    """Wake every event loop that has items waiting (the end of a batch step)."""
+    with _OUTBOXES_LOCK:
+        boxes = list(_OUTBOXES.values())
+    for box in boxes:
+        try:
+            box.send()
+        except RuntimeError:  # that event loop is gone: the server is shutting down
+            pass
+
+
 @dataclass
 class Job:
     """One generation request; its text pieces reach the asyncio side through an asyncio.Queue."""
@@ -63,12 +107,15 @@ class Job:
     entries: list = field(default_factory=list)  # (token id, logprob, top pairs) of the pieces received so far
 
     def _bind(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        with _OUTBOXES_LOCK:
+            self._outbox = _OUTBOXES.setdefault(loop, _Outbox(loop))
         self._queue: asyncio.Queue = asyncio.Queue()
 
-    def _put(self, item: Any) -> None:  # called from the engine thread
+    def _put(self, item: Any, now: bool = True) -> None:
+        """Called from the engine thread; now=False leaves the wake-up to the end of the batch step (_send_all)."""
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._outbox.put(self._queue, item, now)
         except RuntimeError:  # the event loop is gone: the server is shutting down
             self.cancel.set()
 
@@ -76,30 +123,42 @@ class Job:
         """The text pieces; leaving early (or the client leaving) cancels this job and no other.
 
         `disconnected` is asked every DISCONNECT_CHECK_S whether tokens arrive or not: a client that
-        left must free the model within a second, not when its reply is complete.
+        left must free the model within a second, not when its reply is complete. (A streaming response
+        needs none: the server cancels it when its client goes.) Pieces that arrived while the reader
+        was busy come joined as one.
         """
         checked = time.monotonic()
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=DISCONNECT_CHECK_S)
-                except asyncio.TimeoutError:
-                    item = None
-                if disconnected is not None and time.monotonic() - checked >= DISCONNECT_CHECK_S:
-                    checked = time.monotonic()
-                    if await disconnected():
-                        self.client_left = True
-                        return
+                if disconnected is None:
+                    item = await self._queue.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout=DISCONNECT_CHECK_S)
+                    except asyncio.TimeoutError:
+                        item = None
+                    if time.monotonic() - checked >= DISCONNECT_CHECK_S:
+                        checked = time.monotonic()
+                        if await disconnected():
+                            self.client_left = True
+                            return
                 if item is None:
                     continue
+                text = ""
+                while item is not _DONE:
+                    piece, entries = item
+                    text += piece
+                    self.entries.extend(entries)
+                    if self._queue.empty():
+                        item = None
+                        break
+                    item = self._queue.get_nowait()
+                if text:
+                    yield text
                 if item is _DONE:
                     if self.error is not None:
                         raise ApiError(500, f"generation failed: {self.error}", "server_error")
                     return
-                text, entries = item
-                self.entries.extend(entries)
-                if text:
-                    yield text
         finally:
             self.cancel.set()
 
@@ -200,6 +259,7 @@ class Engine:
                         finished = batch.drop_finished()
                     for row in finished:
                         self._finish(row)
+                _send_all()
                 with self._wake:
                     self.running = len(batch)
 
