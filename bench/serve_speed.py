@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """Serving throughput and time to first token of web.py, batched against one-at-a-time, in one run, one JSON.
 
-    python bench/serve_speed.py            # full size: 4 requests per client, 128 tokens each
-    python bench/serve_speed.py --quick    # 1 request per client, 16 tokens (CI runs this)
+    python bench/serve_speed.py            # full size: 3 rounds, 2 requests per client, 128 tokens each
+    python bench/serve_speed.py --quick    # 1 round, 1 request per client, 16 tokens (CI runs this)
 
-web.py serves the embedded default model (no model flags) twice, one server after the other:
+web.py serves the embedded default model (no model flags) from two servers, both up for the whole run:
 - batched: the built-in engine's continuous batching (--max_batch_size 16);
 - one_at_a_time: --max_batch_size 1, the reference (how web.py served before batching).
-Against each, 1, 4 and 16 concurrent streaming clients (16 only, for the reference, and 1) send chat
-completions one after another (temperature 0, ignore_eos, so every request generates exactly max_tokens).
-Reported per run: total completion tokens/s over the run's wall time, time to first token (first content
-chunk) mean / median / max, and broken streams (an HTTP error, an error event, no [DONE], or fewer
-tokens than asked): a run with any is not "ok". The target: 16 clients batched get at least 4x the
-completion tokens/s of one-at-a-time serving under the same 16 clients.
-Clients and server share this machine's cores: compare runs of one command, not across machines.
+1, 4 and 16 concurrent streaming clients (the reference: 1 and 16) send chat completions one after
+another (temperature 0, ignore_eos, so every request generates exactly max_tokens). Each round measures
+every (server, clients) pair once, the two servers alternating, so a load that drifts during the run
+(other jobs on a shared machine) touches both alike. Reported per run: completion tokens/s over each
+round's wall time (the median of the rounds, and each), time to first token (first content chunk) mean,
+median and max over all its requests, the largest batch the server ran, and broken streams (an HTTP
+error, an error event, no [DONE], or fewer tokens than asked): a run with any is not "ok". The target:
+16 clients batched get at least 4x the completion tokens/s of one-at-a-time serving under the same 16
+clients (the median of the rounds' paired ratios). Clients and servers share this machine's cores:
+compare runs of one command, not across machines.
 Writes bench/results/serve_speed.json (or --out) atomically and prints a markdown table.
 """
 
@@ -30,18 +33,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FULL = dict(max_tokens=128, requests_per_client=4)
-QUICK = dict(max_tokens=16, requests_per_client=1)
+FULL = {"max_tokens": 128, "requests_per_client": 2, "rounds": 3}
+QUICK = {"max_tokens": 16, "requests_per_client": 1, "rounds": 1}
 SERVERS = {"batched": ["--max_batch_size", "16"], "one_at_a_time": ["--max_batch_size", "1"]}
 CLIENTS = {"batched": (1, 4, 16), "one_at_a_time": (1, 16)}
 QUESTIONS = ["Add the numbers 23 and 48.", "Reverse the list [4, 9, 1, 7].", "What is 12 times 7?",
-             "Extract the triples: Marie Curie was born in Warsaw.", "把 15 和 28 相加。", "Sort the words: pear apple fig.",
-             "Count the letters in the word banana.", "Which is larger, 71 or 17?"]
+             "Extract the triples: Marie Curie was born in Warsaw.", "把 15 和 28 相加。",
+             "Sort the words: pear apple fig.", "Count the letters in the word banana.", "Which is larger, 71 or 17?"]
 TARGET = 4.0
 
 
@@ -111,6 +114,7 @@ async def one_request(client, question: str, max_tokens: int) -> dict:
 
 
 async def load_test(url: str, clients: int, size: dict) -> dict:
+    """One round: `clients` concurrent clients, each sending requests_per_client requests one after another."""
     import httpx
 
     async def client_loop(index: int, http) -> list[dict]:
@@ -124,14 +128,22 @@ async def load_test(url: str, clients: int, size: dict) -> dict:
         results = [r for rs in await asyncio.gather(*(client_loop(i, http) for i in range(clients))) for r in rs]
         wall = time.perf_counter() - started
         health = (await http.get("/health")).json()
-    broken = [r["broken"] for r in results if "broken" in r]
-    ttfts = [r["ttft"] for r in results if r.get("ttft") is not None]
     tokens = sum(r["tokens"] for r in results)
-    run = {"status": "ok" if not broken else "broken", "clients": clients, "requests": len(results),
-           "completion_tokens": tokens, "seconds": wall, "completion_tokens_per_second": tokens / wall,
+    return {"tokens_per_second": tokens / wall, "tokens": tokens, "seconds": wall, "largest_batch":
+            health.get("largest_batch"), "ttfts": [r["ttft"] for r in results if r.get("ttft") is not None],
+            "broken": [r["broken"] for r in results if "broken" in r], "requests": len(results)}
+
+
+def summarize(clients: int, rounds: list[dict]) -> dict:
+    broken = [b for r in rounds for b in r["broken"]]
+    ttfts = [t for r in rounds for t in r["ttfts"]]
+    run = {"status": "ok" if not broken else "broken", "clients": clients,
+           "requests": sum(r["requests"] for r in rounds), "completion_tokens": sum(r["tokens"] for r in rounds),
+           "completion_tokens_per_second": statistics.median(r["tokens_per_second"] for r in rounds),
+           "rounds_tokens_per_second": [r["tokens_per_second"] for r in rounds],
            "ttft_mean_s": statistics.fmean(ttfts) if ttfts else None,
            "ttft_median_s": statistics.median(ttfts) if ttfts else None, "ttft_max_s": max(ttfts, default=None),
-           "broken_streams": len(broken), "largest_batch": health.get("largest_batch")}
+           "broken_streams": len(broken), "largest_batch": max(r["largest_batch"] or 0 for r in rounds)}
     if broken:
         run["errors"] = sorted(set(broken))[:3]
     return run
@@ -139,25 +151,30 @@ async def load_test(url: str, clients: int, size: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 request per client, 16 tokens (CI)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (OMP_NUM_THREADS)")
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 request per client, 16 tokens (CI)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (OMP_NUM_THREADS)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_speed.json"))
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     logs = Path(tempfile.mkdtemp(prefix="unitune-serve-speed-"))
+    names = [f"{server}_{c}" for c in (1, 4, 16) for server in SERVERS if c in CLIENTS[server]]
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
     runs: dict[str, dict] = {}
-    for server, flags in SERVERS.items():
-        try:
-            with web_server(flags, args.threads, logs / f"{server}.log") as url:
-                for clients in CLIENTS[server]:
-                    runs[f"{server}_{clients}"] = asyncio.run(load_test(url, clients, size))
-        except Exception as err:  # a server that fails to start fails its runs, visibly
-            for clients in CLIENTS[server]:
-                runs.setdefault(f"{server}_{clients}", {"status": "failed", "error": str(err)[-500:]})
-    batched, reference = runs.get("batched_16", {}), runs.get("one_at_a_time_16", {})
-    speedup = None
-    if batched.get("status") == "ok" and reference.get("status") == "ok":
-        speedup = batched["completion_tokens_per_second"] / reference["completion_tokens_per_second"]
+    try:
+        with ExitStack() as stack:
+            urls = {server: stack.enter_context(web_server(flags, args.threads, logs / f"{server}.log"))
+                    for server, flags in SERVERS.items()}
+            for _ in range(size["rounds"]):
+                for name in names:
+                    server, clients = name.rsplit("_", 1)
+                    rounds[name].append(asyncio.run(load_test(urls[server], int(clients), size)))
+        runs = {name: summarize(int(name.rsplit("_", 1)[1]), rounds[name]) for name in names}
+    except Exception as err:  # a server that fails to start fails the runs, visibly
+        runs = {name: {"status": "failed", "error": str(err)[-500:]} for name in names}
+    paired = [b["tokens_per_second"] / r["tokens_per_second"]
+              for b, r in zip(rounds["batched_16"], rounds["one_at_a_time_16"])]
+    ok = runs["batched_16"].get("status") == runs["one_at_a_time_16"].get("status") == "ok"
+    speedup = statistics.median(paired) if paired and ok else None
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpu_threads": os.cpu_count(), "torch": metadata.version("torch")},
               "workload": {"model": "embedded default (models/unitune-tiny, no model flags)", **size,
@@ -166,8 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python bench/serve_speed.py" + (" --quick" if args.quick else "")
                          + (f" --threads {args.threads}" if args.threads != 1 else ""),
               "runs": runs,
-              "summary": {"speedup_16_clients_batched_vs_one_at_a_time": speedup, "target": TARGET,
-                          "met": speedup is not None and speedup >= TARGET}}
+              "summary": {"speedup_16_clients_batched_vs_one_at_a_time": speedup, "rounds_speedup": paired,
+                          "target": TARGET, "met": speedup is not None and speedup >= TARGET}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -22,7 +22,7 @@ from unitune.chat import ChatArgs, fit_history, prompt_budget
 from unitune.errors import UnituneError
 from unitune.serve.engine import BACKENDS, ApiError, Engine, Job
 
-__all__ = ["ApiError", "Job", "Server", "ServeArgs", "create_app", "run"]  # ApiError, Job: where they were before
+__all__ = ["ApiError", "Job", "ServeArgs", "Server", "create_app", "run"]  # ApiError, Job: where they were before
 
 log = logging.getLogger(__name__)
 

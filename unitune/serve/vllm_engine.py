@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from unitune.errors import UnituneError
-from unitune.serve.engine import DISCONNECT_CHECK_S, _DONE, ApiError, Job, queue_full
+from unitune.serve.engine import _DONE, DISCONNECT_CHECK_S, ApiError, Job, queue_full
 
 log = logging.getLogger(__name__)
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
