@@ -126,7 +126,8 @@ class VllmEngine:
             n=1, max_tokens=job.max_new_tokens, min_tokens=kw.get("min_new_tokens") or 0, seed=job.seed,
             temperature=kw.get("temperature", 1.0) if sample else 0.0, top_p=kw.get("top_p", 1.0) if sample else 1.0,
             top_k=(kw.get("top_k") or -1) if sample else -1, repetition_penalty=kw.get("repetition_penalty") or 1.0,
-            stop=list(job.stops) or None, logprobs=job.logprobs, detokenize=False)
+            # no `stop`: stop strings need vLLM's detokenizer; our TextPieces cuts at them and aborts the request
+            logprobs=job.logprobs, detokenize=False)
 
     async def _serve(self, job: Job) -> None:
         """One request: vLLM's token ids go through the same TextPieces as the built-in engine's rows."""
