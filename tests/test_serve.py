@@ -280,6 +280,7 @@ def test_eight_concurrent_greedy_requests_equal_alone_while_one_client_leaves(ba
 
     start = threading.Barrier(len(asks) + 1)
     results: dict = {}
+    ended: dict = {}  # when each client's stream ended
     left = threading.Event()
 
     def leaver():
@@ -290,12 +291,14 @@ def test_eight_concurrent_greedy_requests_equal_alone_while_one_client_leaves(ba
             for _ in range(3):
                 next(lines)  # it is streaming among the others
         left.set()  # leaving the block closes the connection mid-stream
+        ended["left"] = time.monotonic()
 
     def client(i, q, n):
         try:
             results[i] = _stream_chat(url, q, n, start)
         except BaseException as err:  # reported by the assertion below
             results[i] = err
+        ended[i] = time.monotonic()
 
     threads = [threading.Thread(target=client, args=(i, q, n)) for i, (q, n) in enumerate(asks)]
     threads.append(threading.Thread(target=leaver))
@@ -303,7 +306,7 @@ def test_eight_concurrent_greedy_requests_equal_alone_while_one_client_leaves(ba
         t.start()
     for t in threads:
         t.join(timeout=180)
-    assert left.is_set()
+    assert left.is_set() and ended["left"] < max(ended[i] for i in range(len(asks)))  # it left mid-batch
     assert [results[i] for i in range(len(asks))] == solo  # text, finish_reason and usage, token for token
     for _ in range(50):
         after = httpx.get(f"{url}/health", trust_env=False, timeout=10).json()
