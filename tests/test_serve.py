@@ -316,3 +316,24 @@ def test_eight_concurrent_greedy_requests_equal_alone_while_one_client_leaves(ba
     assert after["cancelled"] == before["cancelled"] + 1, "the client that left was not cancelled"
     assert after["finished"] == before["finished"] + len(asks) and after["failed"] == before["failed"]
     assert after["largest_batch"] >= 4, after  # they really ran together
+
+
+@pytest.mark.parametrize("family", ["qwen2", "bloom", "auto", "internlm"])
+def test_other_families_batch_to_the_same_greedy_tokens(tiny_model, family):
+    """Rotary (Qwen2, Phi-3, InternLM) and ALiBi (Bloom, positions from the mask) models: batched = alone."""
+    from unitune.args import ModelArgs
+    from unitune.loader import load
+    from unitune.serve.engine import Engine, Job
+
+    model = load(ModelArgs(model_type=family, model_name_or_path=str(tiny_model(family))), mode="infer")
+    engine = Engine(model, max_batch_size=8)
+    try:
+        def make():
+            return [Job(p, 6 + 3 * i, strip=False) for i, p in enumerate(("Once", "The quick brown fox", "中文",
+                                                                          "Add the numbers. Answer:"))]
+
+        solo = alone(engine, make)
+        assert together(engine, make()) == solo
+        assert engine.batchable and engine.largest_batch == 4
+    finally:
+        engine.close()
