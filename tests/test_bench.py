@@ -1,4 +1,4 @@
-"""bench/train_speed.py end to end at its reduced size: every run measured, one JSON, one table."""
+"""The benchmarks end to end at their reduced size (--quick): every run measured, one JSON, one table."""
 
 from __future__ import annotations
 
@@ -28,3 +28,22 @@ def test_train_speed_quick_writes_every_run(tmp_path):
     ratio = result["ratios"]["unitune_default / alpaca_cot_baseline"]
     assert ratio == runs["unitune_default"]["tokens_per_second"] / runs["alpaca_cot_baseline"]["tokens_per_second"]
     assert f"unitune_default / alpaca_cot_baseline: {ratio:.2f}" in proc.stdout
+
+
+def test_serve_speed_quick_measures_batched_and_one_at_a_time_serving(tmp_path):
+    """bench/serve_speed.py --quick: both servers, every client count, no broken stream, one JSON, one table."""
+    out = tmp_path / "serve_speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve_speed.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert set(runs) == {"batched_1", "batched_4", "batched_16", "one_at_a_time_1", "one_at_a_time_16"}
+    for name, run in runs.items():
+        assert run["status"] == "ok" and run["broken_streams"] == 0, (name, run)
+        assert run["completion_tokens"] == run["requests"] * result["workload"]["max_tokens"], (name, run)
+        assert run["completion_tokens_per_second"] > 0 and 0 < run["ttft_median_s"] <= run["ttft_max_s"], (name, run)
+    assert runs["batched_16"]["largest_batch"] > 1 and runs["one_at_a_time_16"]["largest_batch"] == 1
+    assert result["summary"]["speedup_16_clients_batched_vs_one_at_a_time"] > 0
+    assert "| batched_16 | 16 |" in proc.stdout

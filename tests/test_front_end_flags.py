@@ -20,6 +20,9 @@ CASES = [  # (script, flags, what the one error line names)
     ("web.py", ["--max_new_tokens", "0"], "--max_new_tokens 0"),
     ("web.py", ["--cutoff_len", "0"], "--cutoff_len 0"),
     ("web.py", ["--max_queue", "0"], "--max_queue 0"),
+    ("web.py", ["--max_batch_size", "0"], "--max_batch_size 0"),
+    ("web.py", ["--infer_backend", "sglang"], "--infer_backend"),
+    ("web.py", ["--infer_backend", "vllm"], "--infer_backend vllm: vLLM "),  # not installed, or no GPU
     ("web.py", ["--top_p", "1.5", "--decoding", "sample"], "--top_p 1.5"),
     ("web.py", ["--repetition_penalty", "nan"], "--repetition_penalty nan"),
     ("server.py", ["--max_new_tokens", "0"], "--max_new_tokens 0"),

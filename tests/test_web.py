@@ -1,7 +1,8 @@
 """web.py as a real subprocess on a free loopback port, spoken to with the official `openai` client and httpx.
 
 One server for the whole file (loading gradio costs seconds): --api_key is set so every call carries the
-key, and --max_queue 1 so the queue limit can be reached with three requests.
+key, and --max_batch_size 1 --max_queue 1 (one-at-a-time serving) so the queue limit is reached with three
+requests. Batched serving is tested in tests/test_serve.py.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def model_dir(tiny_model):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with serve(model_dir, "--api_key", KEY, "--max_queue", "1") as url:
+    with serve(model_dir, "--api_key", KEY, "--max_batch_size", "1", "--max_queue", "1") as url:
         yield url
 
 

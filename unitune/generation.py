@@ -166,6 +166,98 @@ def generate_ids(model, enc: dict, max_new_tokens: int, pad_token_id: int, eos_t
                               **config)
 
 
+def needs_own_loop(config: dict[str, Any]) -> bool:
+    """Whether these generate() kwargs need a decoding loop of their own (beam or contrastive search keep several
+    candidates per sequence), so a serving batch that takes one token per sequence per step cannot run them."""
+    return (config.get("num_beams") or 1) > 1 or is_contrastive(config)
+
+
+class NextToken:
+    """One sequence's decoding rule outside generate(): the logits processors, eos ids and greedy or sampled choice
+    that model.generate would use for these kwargs (the checkpoint's generation_config filling what they leave
+    out), applied to that sequence's row of a batch's logits (unitune.serve.batching).
+
+    Sampling draws from a torch.Generator of its own, seeded with `seed`: a seeded request samples the same
+    tokens alone or in any batch (and the same as generate() after torch.manual_seed(seed)).
+    logprobs=N records (token, its log-probability, the N most likely pairs) under the distribution chosen from.
+    """
+
+    def __init__(self, model, gen_kwargs: dict[str, Any], prompt_ids: list[int], pad_token_id: int,
+                 eos_token_id: int | None, seed: int | None = None, logprobs: int | None = None) -> None:
+        import torch
+        from transformers import MinNewTokensLengthLogitsProcessor
+
+        config = check_decoding({**DECODING_PRESETS["greedy"], **gen_kwargs})
+        own_eos = getattr(model.generation_config, "eos_token_id", None)
+        config.setdefault("eos_token_id", own_eos if own_eos is not None else eos_token_id)
+        device = model.device
+        # generate()'s own steps (private in transformers 5.24, so a change there shows in tests/test_serve.py):
+        # kwargs over the checkpoint's generation_config over the global defaults, then the processors
+        merged, _ = model._prepare_generation_config(None, pad_token_id=pad_token_id, **config)
+        model._prepare_special_tokens(merged, True, device=device)
+        processors = model._get_logits_processor(merged, input_ids_seq_length=len(prompt_ids), device=device)
+        eos = merged._eos_token_tensor
+        self.eos = set() if eos is None else set(eos.reshape(-1).tolist())
+        self._eos_ids = sorted(self.eos)
+        # min_new_tokens (ignore_eos) only sets the eos scores to -inf until then: done here, in place, so a greedy
+        # row needs no processor and takes the batch's argmax (the same scores: -inf stays -inf through the rest)
+        self.min_new = max([q.min_new_tokens for q in processors if isinstance(q, MinNewTokensLengthLogitsProcessor)],
+                           default=0)
+        self.processors = [q for q in processors if not isinstance(q, MinNewTokensLengthLogitsProcessor)]
+        self.sample, self.logprobs = bool(merged.do_sample), logprobs
+        self.chosen = 0  # tokens chosen so far
+        self.ids = torch.tensor([prompt_ids], device=device) if self.processors else None
+        self.generator = None
+        if self.sample:
+            self.generator = torch.Generator(device=device)
+            if seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(seed)
+        self.entries: list[tuple] = []  # logprob records not yet handed over
+
+    @property
+    def plain(self) -> bool:
+        """Greedy with nothing to apply or record: the token is the row's argmax, taken for the whole batch at once."""
+        return not self.sample and not self.processors and self.logprobs is None
+
+    def ban_eos(self, scores) -> None:
+        """Before min_new_tokens are out, no end of sequence: its scores -inf, in place ((1, vocab) or (vocab,))."""
+        if self.chosen < self.min_new and self._eos_ids:
+            scores[..., self._eos_ids] = float("-inf")
+
+    def taken(self, token: int) -> int:
+        """Count a token chosen for this row outside choose() (a plain row's batch argmax)."""
+        self.chosen += 1
+        return token
+
+    def choose(self, scores) -> int:
+        """The next token from this sequence's (1, vocab) float scores (changed in place)."""
+        import torch
+
+        self.ban_eos(scores)
+        for processor in self.processors:  # LogitsProcessorList would inspect each one's signature every call
+            scores = processor(self.ids, scores)
+        if self.sample:
+            token = int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[0, 0])
+        else:
+            token = int(scores[0].argmax())
+        if self.logprobs is not None:
+            from unitune.streaming import MIN_LOGPROB
+
+            row = scores[0].log_softmax(-1).clamp(min=MIN_LOGPROB)
+            best = row.topk(self.logprobs) if self.logprobs else None
+            self.entries.append((token, float(row[token]),
+                                 list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []))
+        if self.ids is not None:
+            self.ids = torch.cat([self.ids, self.ids.new_tensor([[token]])], dim=1)
+        return self.taken(token)
+
+    def take_logprobs(self) -> list[tuple]:
+        taken, self.entries = self.entries, []
+        return taken
+
+
 def whole_text(tokenizer, ids: list[int]) -> str:
     """The text of `ids` without a half character at the end: a reply cut (by max_new_tokens) in the middle of a
     multi-byte character would decode to U+FFFD, a character the model never wrote."""

@@ -81,7 +81,7 @@ RULES: dict[str, Bound] = {
     "top_logprobs": Bound(int, ge=0, le=20), "completion_logprobs": Bound(int, ge=0, le=5),  # OpenAI's bounds
     "penalty": Bound(float, ge=-2, le=2),
     # limits of the front-ends
-    "cutoff_len": COUNT, "max_queue": COUNT, "batch_size": COUNT, "max_samples": COUNT,
+    "cutoff_len": COUNT, "max_queue": COUNT, "max_batch_size": COUNT, "batch_size": COUNT, "max_samples": COUNT,
     "port": Bound(int, ge=0, le=65535),
     # training
     "per_gpu_train_batch_size": COUNT, "gradient_accumulation_steps": COUNT, "global_batch_size": COUNT,

@@ -25,6 +25,55 @@ def _held_back(text: str, stops: Iterable[str], strip: bool = True) -> int:
     return hold
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids a prompt is generated from; "" (or a tokenizer that adds nothing to it) starts a document."""
+    ids = tokenizer(prompt)["input_ids"]
+    if ids:
+        return ids
+    if tokenizer.bos_token_id is None:
+        from unitune.errors import UnituneError
+
+        raise UnituneError("the prompt is empty and this tokenizer has no BOS token to start from")
+    return [tokenizer.bos_token_id]
+
+
+class TextPieces:
+    """Token ids in, text pieces out, for one answer: what TextStream and the serving engine's batch rows share.
+
+    add(ids) returns the text that can be shown now ("" while it may still become a stop string or trailing
+    whitespace, or ends in half of a multi-byte character) and sets `stopped` once a stop string appeared;
+    rest() is the remainder at the end. All pieces joined equal generate_batch's text for the same ids.
+    """
+
+    def __init__(self, tokenizer, stops: Iterable[str] = (), strip: bool = True) -> None:
+        self.tokenizer, self.stops, self.strip = tokenizer, tuple(s for s in stops if s), strip
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the answer already handed out
+        self.stopped = False
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        raw = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if raw.endswith("\ufffd"):  # half of a multi-byte character
+            return ""
+        if cut_at_stop(raw, self.stops) != raw:
+            self.stopped = True
+            return ""
+        clean = raw.lstrip() if self.strip else raw
+        end = len(clean) - _held_back(clean, self.stops, self.strip)
+        if end <= self.sent:
+            return ""
+        piece, self.sent = clean[self.sent:end], end
+        return piece
+
+    def rest(self) -> str:
+        final = cut_at_stop(whole_text(self.tokenizer, self.ids), self.stops)
+        final = final.strip() if self.strip else final
+        piece = final[self.sent:] if len(final) > self.sent else ""
+        self.sent = max(self.sent, len(final))
+        return piece
+
+
 class TextStream:
     """One generation whose text arrives piece by piece: `for piece in TextStream(...)` (iterate once).
 
@@ -116,31 +165,21 @@ class TextStream:
             out.put(None)
 
     def _encode(self):
-        tok = self.tokenizer
-        enc = tok(self.prompt, return_tensors="pt")
-        if enc["input_ids"].shape[1] == 0:  # "" (or a tokenizer that adds nothing to it): start a document
-            import torch
+        import torch
 
-            if tok.bos_token_id is None:
-                from unitune.errors import UnituneError
-
-                raise UnituneError("the prompt is empty and this tokenizer has no BOS token to start from")
-            enc = {"input_ids": torch.tensor([[tok.bos_token_id]]), "attention_mask": torch.tensor([[1]])}
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) for k, v in enc.items()}
+        ids = torch.tensor([prompt_ids(self.tokenizer, self.prompt)], device=next(self.model.parameters()).device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def __iter__(self):
         import queue
         import threading
 
-        tok = self.tokenizer
         enc = self._encode()
         self.prompt_tokens = int(enc["input_ids"].shape[1])
         out: queue.Queue = queue.Queue()
         worker = threading.Thread(target=self._run, args=(enc, out), daemon=True, name="unitune-generate")
         worker.start()
-        ids: list[int] = []
-        sent = 0  # characters of the answer already yielded
+        text = TextPieces(self.tokenizer, self.stops, self.strip)
         try:
             while True:
                 try:
@@ -151,28 +190,22 @@ class TextStream:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                ids.extend(item)
-                self.completion_tokens = len(ids)
-                raw = tok.decode(ids, skip_special_tokens=True)
-                if raw.endswith("\ufffd"):  # half of a multi-byte character
-                    continue
-                if cut_at_stop(raw, self.stops) != raw:
+                piece = text.add(item)
+                self.completion_tokens = len(text.ids)
+                if text.stopped:
                     self._halt.set()
                     self.finish_reason = "stop"
                     break
-                clean = raw.lstrip() if self.strip else raw
-                end = len(clean) - _held_back(clean, self.stops, self.strip)
-                if end > sent:
-                    yield clean[sent:end]
-                    sent = end
-            final = cut_at_stop(whole_text(tok, ids), self.stops)
-            final = final.strip() if self.strip else final
-            if len(final) > sent:
-                yield final[sent:]
+                if piece:
+                    yield piece
+            rest = text.rest()
+            if rest:
+                yield rest
             if self.finish_reason is None:
+                ids = text.ids
                 if self.cancelled.is_set():
                     self.finish_reason = "cancelled"
-                elif len(ids) >= self.max_new_tokens and ids[-1] != tok.eos_token_id:
+                elif len(ids) >= self.max_new_tokens and ids[-1] != self.tokenizer.eos_token_id:
                     self.finish_reason = "length"
                 else:
                     self.finish_reason = "stop"

@@ -3,32 +3,28 @@
 - a Gradio chat page at / (streaming, history, sampling sliders, system prompt, regenerate, clear);
 - an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) and KnowLM's /generate.
 
-Every generation goes through one Engine: a worker thread that owns the model and runs one request at
-a time from a bounded queue (full -> 503). A client that disconnects cancels its own generation only.
+Every generation goes through one engine (unitune.serve.engine): a worker thread that owns the model and
+runs concurrent requests together in a continuous batch, fed from a bounded queue (full -> 503). A client
+that disconnects cancels its own generation only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
-import queue
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from unitune.args import GenerationArgs, ModelArgs, flag, parse
-from unitune.chat import ChatArgs, context_window, fit_history, prompt_budget
+from unitune.chat import ChatArgs, fit_history, prompt_budget
 from unitune.errors import UnituneError
+from unitune.serve.engine import BACKENDS, ApiError, Engine, Job
+
+__all__ = ["ApiError", "Job", "ServeArgs", "Server", "create_app", "run"]  # ApiError, Job: where they were before
 
 log = logging.getLogger(__name__)
-_DONE = object()
-# how often a waiting response asks whether its client is still there, tokens flowing or not
-DISCONNECT_CHECK_S = 0.25
 
 
 @dataclass
@@ -38,150 +34,25 @@ class ServeArgs:
     api_key: str | None = flag(None, "require 'Authorization: Bearer <key>' on /v1 and /generate and the key as "
                                      "password on the page; default: $UNITUNE_API_KEY")
     share: bool = flag(False, "also open a public Gradio share link (needs internet)")
-    max_queue: int = flag(8, "requests waiting for the model at most; more are answered 503")
+    max_queue: int = flag(8, "requests waiting for the model at most, beyond those running; more are answered 503")
+    max_batch_size: int = flag(16, "requests generated together at most (continuous batching: they join and leave "
+                                   "between steps); 1 serves one at a time")
+    infer_backend: str = flag("huggingface", "the engine that generates: huggingface (hf), the built-in one, or "
+                                             "vllm (needs vLLM installed and a GPU)", choices=sorted(BACKENDS))
     served_model_name: str | None = flag(None, "model id the API reports; default: the adapter's (or base's) "
                                                "directory name")
     accept_any_model: bool = flag(False, "answer requests whatever `model` they name (default: another name than "
                                          "the served one is a 404 model_not_found, as in the OpenAI API)")
 
 
-class ApiError(Exception):
-    """A request the server refuses: HTTP status plus the OpenAI error fields."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-
-@dataclass
-class Job:
-    """One generation request; its text pieces reach the asyncio side through an asyncio.Queue."""
-
-    prompt: str
-    max_new_tokens: int
-    stops: tuple = ()
-    gen_kwargs: dict = field(default_factory=dict)
-    seed: int | None = None
-    strip: bool = True
-    logprobs: int | None = None  # None: none; N: each token's log-probability and the N most likely
-    cancel: threading.Event = field(default_factory=threading.Event)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
-    error: BaseException | None = None
-    cleared: bool = False  # the page's Clear stopped it: its chat ends empty
-    client_left: bool = False  # its HTTP client disconnected before the end
-    entries: list = field(default_factory=list)  # (token id, logprob, top pairs) of the pieces received so far
-
-    def _bind(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue = asyncio.Queue()
-
-    def _put(self, item: Any) -> None:  # called from the engine thread
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone: the server is shutting down
-            self.cancel.set()
-
-    async def pieces(self, disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
-        """The text pieces; leaving early (or the client leaving) cancels this job and no other.
-
-        `disconnected` is asked every DISCONNECT_CHECK_S whether tokens arrive or not: a client that
-        left must free the model within a second, not when its reply is complete.
-        """
-        checked = time.monotonic()
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=DISCONNECT_CHECK_S)
-                except asyncio.TimeoutError:
-                    item = None
-                if disconnected is not None and time.monotonic() - checked >= DISCONNECT_CHECK_S:
-                    checked = time.monotonic()
-                    if await disconnected():
-                        self.client_left = True
-                        return
-                if item is None:
-                    continue
-                if item is _DONE:
-                    if self.error is not None:
-                        raise ApiError(500, f"generation failed: {self.error}", "server_error")
-                    return
-                text, entries = item
-                self.entries.extend(entries)
-                if text:
-                    yield text
-        finally:
-            self.cancel.set()
-
-    async def text(self, disconnected=None) -> str:
-        return "".join([piece async for piece in self.pieces(disconnected)])
-
-
-class Engine:
-    """The one model, behind one worker thread and a bounded queue of waiting jobs."""
-
-    def __init__(self, loaded, max_queue: int = 8) -> None:
-        self.loaded = loaded
-        self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.counts = {"finished": 0, "cancelled": 0, "failed": 0}  # shown by /health
-        self.thread = threading.Thread(target=self._work, daemon=True, name="unitune-engine")
-        self.thread.start()
-
-    @property
-    def context_window(self) -> int | None:
-        return context_window(self.loaded.model)
-
-    def submit(self, job: Job) -> Job:
-        job._bind()
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise ApiError(503, "the server is busy: too many requests are waiting for the model; retry later",
-                           "server_overloaded", code="queue_full") from None
-        return job
-
-    def _work(self) -> None:
-        import torch
-
-        from unitune.generation import stream_generate
-
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if not job.cancel.is_set():  # its client may have left while it waited
-                try:
-                    if job.seed is not None:
-                        torch.manual_seed(job.seed)
-                    stream = stream_generate(model, tokenizer, job.prompt, job.max_new_tokens, job.stops,
-                                             cancel=job.cancel, strip=job.strip, logprobs=job.logprobs,
-                                             **job.gen_kwargs)
-                    for piece in stream:
-                        job._put((piece, stream.take_logprobs()))
-                    job._put(("", stream.take_logprobs()))  # tokens after the last piece (a stop string)
-                    job.prompt_tokens, job.completion_tokens = stream.prompt_tokens, stream.completion_tokens
-                    job.finish_reason = "length" if stream.finish_reason == "length" else "stop"
-                except Exception as err:  # reported to that client; the engine serves the next job
-                    log.exception("generation failed")
-                    job.error = err
-            self.counts["failed" if job.error else "cancelled" if job.cancel.is_set() else "finished"] += 1
-            job._put(_DONE)
-
-    def close(self) -> None:
-        self.jobs.put(None)
-
-
 class Server:
     """Turns requests (API or page) into Jobs: prompt building, history budget, decoding options."""
 
     def __init__(self, loaded, gen_args: GenerationArgs, chat_args: ChatArgs, serve_args: ServeArgs,
-                 model_id: str) -> None:
+                 model_id: str, engine=None) -> None:
         self.loaded, self.gen_args, self.chat_args, self.serve_args = loaded, gen_args, chat_args, serve_args
         self.model_id = model_id
-        self.engine = Engine(loaded, serve_args.max_queue)
+        self.engine = engine or Engine(loaded, serve_args.max_queue, serve_args.max_batch_size)
         self.base_kwargs = gen_args.generate_kwargs()
         self._tokens: dict[int, tuple[str, list[int]]] = {}
 
@@ -299,12 +170,14 @@ def model_id_for(model_args: ModelArgs, serve_args: ServeArgs) -> str:
 
 
 def create_app(loaded, gen_args: GenerationArgs | None = None, chat_args: ChatArgs | None = None,
-               serve_args: ServeArgs | None = None, model_id: str = "unitune", page: bool = True):
-    """The FastAPI app (API routes, plus the Gradio page mounted at / unless page=False); for tests and run()."""
+               serve_args: ServeArgs | None = None, model_id: str = "unitune", page: bool = True, engine=None):
+    """The FastAPI app (API routes, plus the Gradio page mounted at / unless page=False); for tests and run().
+
+    engine: another backend's engine (e.g. vLLM's); default the built-in one over `loaded`."""
     from unitune.web_api import add_routes
 
     server = Server(loaded, gen_args or GenerationArgs(), chat_args or ChatArgs(), serve_args or ServeArgs(),
-                    model_id)
+                    model_id, engine)
     app = add_routes(server)
     if page:
         import gradio as gr
@@ -329,6 +202,10 @@ def run(argv: list[str] | None = None) -> None:
         [ModelArgs, GenerationArgs, ChatArgs, ServeArgs], argv, prog="web.py",
         description="Serve a model (and adapter) as a Gradio chat page and an OpenAI-compatible API on one port.")
     check_model_args(model_args)  # flag mistakes surface before the slow imports
+    if serve_args.infer_backend == "vllm":
+        from unitune.serve.vllm_engine import VllmEngine
+
+        VllmEngine.check(model_args)  # one error line, before anything loads, where vLLM cannot run
     gen_args.generate_kwargs()  # every flag's bounds were checked by parse (unitune/limits.py)
     if serve_args.api_key is None:
         serve_args.api_key = os.environ.get("UNITUNE_API_KEY") or None
@@ -339,8 +216,11 @@ def run(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline server
     import uvicorn
 
-    loaded = load(model_args, mode="infer")
-    app = create_app(loaded, gen_args, chat_args, serve_args, model_id_for(model_args, serve_args))
+    if serve_args.infer_backend == "vllm":
+        loaded, engine = VllmEngine.load(model_args, serve_args)
+    else:
+        loaded, engine = load(model_args, mode="infer"), None
+    app = create_app(loaded, gen_args, chat_args, serve_args, model_id_for(model_args, serve_args), engine=engine)
     if serve_args.share:
         _share(app, serve_args)
     log.info("serving %s: page http://%s:%d/  API http://%s:%d/v1", model_id_for(model_args, serve_args),

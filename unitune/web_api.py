@@ -20,7 +20,7 @@ from unitune.api_schema import (
     Usage,
     error_json,
 )
-from unitune.web import ApiError, Job
+from unitune.serve.engine import ApiError, Job
 
 DONE = "data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -172,8 +172,9 @@ def add_routes(server):
 
     @app.get("/health", include_in_schema=False)
     async def health():
-        return {"status": "ok", "model": server.model_id, "waiting": server.engine.jobs.qsize(),
-                **server.engine.counts}
+        engine = server.engine
+        return {"status": "ok", "model": server.model_id, "waiting": engine.waiting, "running": engine.running,
+                "largest_batch": engine.largest_batch, **engine.counts}
 
     api = APIRouter(dependencies=[Depends(check_key)])
 

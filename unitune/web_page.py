@@ -11,7 +11,7 @@ Job, and the streaming handler, the one writer of the chat while it runs, ends w
 
 import time
 
-from unitune.web import ApiError
+from unitune.serve.engine import ApiError
 
 UPDATE_EVERY_S = 0.05  # at most ~20 page updates a second: each one re-renders the chat in the browser
 
