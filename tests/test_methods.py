@@ -29,7 +29,7 @@ from unitune.models import MODELS  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["lora", "qlora", "adalora", "prefix", "p_tuning", "prompt", "dora", "rslora", "ia3", "full", "freeze",
            "adapter_h", "adapter_p", "adapter_parallel"]
-FAMILIES = ["llama", "chatglm", "bloom", "moss", "internlm", "internlm2", "baichuan", "qwen2", "mistral"]
+FAMILIES = ["llama", "chatglm", "bloom", "moss", "internlm", "internlm2", "baichuan", "baichuan2", "qwen2", "mistral"]
 DEFAULT_FAMILIES = ("llama", "bloom")
 STEPS = 4
 PROMPT = "### Instruction:\nAdd the numbers.\n\n### Input:\n3 4\n\n### Response:\n"

@@ -78,7 +78,7 @@ def _loaded(family: str):
     return load_tokenizer(args, spec, padding_side="left"), template(spec.template)
 
 
-@pytest.mark.parametrize("family", ["chatglm", "baichuan", "internlm2", "moss"])
+@pytest.mark.parametrize("family", ["chatglm", "baichuan2", "internlm2", "moss"])
 def test_real_tokenizers_encode_inference_as_training(family):
     tokenizer, template = _loaded(family)
     _check_inference_is_a_prefix_of_training(tokenizer, template)
@@ -100,8 +100,8 @@ def test_chatglm2_prompt_is_its_build_inputs():
 def test_baichuan2_prompt_is_its_build_chat_input():
     import json
 
-    tokenizer, template = _loaded("baichuan")
-    path = real_fixture("baichuan")
+    tokenizer, template = _loaded("baichuan2")
+    path = real_fixture("baichuan2")
     build_chat_input = remote_class(str(path), "generation_utils.build_chat_input")
     generation = SimpleNamespace(**json.loads((path / "generation_config.json").read_text()))
     model = SimpleNamespace(generation_config=generation, config=SimpleNamespace(model_max_length=4096), device="cpu")
