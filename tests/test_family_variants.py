@@ -57,11 +57,13 @@ def baichuan_7b_reference(path: Path, ids, norm_head: bool):
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         x = rms(h, w[p + "input_layernorm.weight"])
-        q, k, v = (t.transpose(1, 2) for t in (x @ w[p + "self_attn.W_pack.weight"].T).unflatten(-1, (3, heads, d)).unbind(-3))
+        qkv = (x @ w[p + "self_attn.W_pack.weight"].T).unflatten(-1, (3, heads, d))  # rows [q; k; v]
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(-3))
         attn = torch.softmax(rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(d) + causal, -1) @ v
         h = h + attn.transpose(1, 2).reshape(batch, n, hidden) @ w[p + "self_attn.o_proj.weight"].T
         x = rms(h, w[p + "post_attention_layernorm.weight"])
-        h = h + (F.silu(x @ w[p + "mlp.gate_proj.weight"].T) * (x @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+        gate, up = x @ w[p + "mlp.gate_proj.weight"].T, x @ w[p + "mlp.up_proj.weight"].T
+        h = h + (F.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
     head = w["lm_head.weight"]
     return rms(h, w["model.norm.weight"]) @ (F.normalize(head) if norm_head else head).T
 

@@ -1,6 +1,6 @@
-"""ChatGLM2-6B / ChatGLM3-6B (and GLM-4-9B's chatglm-format checkpoints, unitune.families.glm4): converted to transformers' native
-GlmForCausalLM, the same architecture (multi-query attention, RoPE on half of each head in interleaved pairs,
-RMSNorm, SwiGLU, bias on q/k/v only). The tokenizer stays the checkpoint's own (sentencepiece plus
+"""ChatGLM2-6B / ChatGLM3-6B (and GLM-4-9B's chatglm-format checkpoints, unitune.families.glm4): converted to
+transformers' native GlmForCausalLM, the same architecture (multi-query attention, RoPE on half of each head in
+interleaved pairs, RMSNorm, SwiGLU, bias on q/k/v only). The tokenizer stays the checkpoint's own (sentencepiece plus
 [gMASK]/sop), with the patches transformers 5 needs.
 
 ChatGLM-6B (v1, 2D positions, GLM blocks) has no native counterpart and is refused.
