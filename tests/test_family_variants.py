@@ -84,8 +84,14 @@ def test_baichuan_7b_converts_to_native_llama_with_its_logits(tmp_path, model_ty
 
 
 def test_auto_picks_each_baichuan_entry_from_the_checkpoint(tmp_path):
-    v1 = check_model_args(_args(build_baichuan_7b(tmp_path / "7b"), "auto"))
+    from unitune import families
+
+    seven_b = build_baichuan_7b(tmp_path / "7b")
+    v1 = check_model_args(_args(seven_b, "auto"))
     assert (v1.name, v1.template, v1.lora_targets) == ("baichuan", "baichuan", ("q_proj", "k_proj", "v_proj"))
+    # a native LLaMA written from it (the conversion, as a merged model is) keeps the native targets
+    native = check_model_args(_args(families.converted(seven_b, "baichuan"), "baichuan"))
+    assert native.lora_targets == ("q_proj", "k_proj", "v_proj") and native.supports_prefix
     v2 = check_model_args(_args(real_fixture("baichuan2"), "auto"))  # its modeling file defines NormHead
     assert (v2.name, v2.template, v2.lora_targets) == ("baichuan2", "baichuan2", ("W_pack",))
     assert not v2.supports_prefix  # the 13B runs its own code (ALiBi), which prefix tuning cannot drive

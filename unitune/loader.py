@@ -51,7 +51,8 @@ def check_model_args(model_args) -> ModelSpec:
         _warned.add((spec.name, str(path)))
         log.warning("--model_type %s: %s looks like a %s checkpoint (template %s); pass --model_type %s (or auto) "
                     "for its chat format", spec.name, path, detected.name, detected.template, detected.name)
-    spec = for_checkpoint(spec, families.converts(spec.family, str(path)))
+    native_already = config_type is not None and config_type in spec.config_types[1:]
+    spec = for_checkpoint(spec, native_already or families.converts(spec.family, str(path)))
     code = families.checkpoint_code(spec.family, str(path))
     if code and not model_args.trust_remote_code:
         raise UnituneError(f"--model_type {spec.name}: {path} runs its own Python code ({' and '.join(code)}): "

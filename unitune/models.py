@@ -97,9 +97,10 @@ def detect_model_spec(config: dict, path: str) -> ModelSpec | None:
     return candidates[0] if candidates else None
 
 
-def for_checkpoint(spec: ModelSpec, converts: bool) -> ModelSpec:
-    """The entry as it applies to one checkpoint: a converted one takes the native targets and prefix tuning."""
-    if converts and spec.native_targets:
+def for_checkpoint(spec: ModelSpec, native: bool) -> ModelSpec:
+    """The entry as it applies to one checkpoint: one that loads as a native class (converted, or native already,
+    e.g. a merged model unitune wrote) takes the native targets and prefix tuning."""
+    if native and spec.native_targets:
         return replace(spec, lora_targets=spec.native_targets, supports_prefix=True)
     return spec
 
