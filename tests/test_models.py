@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.tiny import FAMILIES, LAYERS, REAL, build_model  # noqa: E402
+from tests.tiny import FAMILIES, LAYERS, REMOTE_CODE, build_model  # noqa: E402
 from unitune.args import ModelArgs, PeftArgs, TrainArgs  # noqa: E402
 from unitune.errors import UnituneError  # noqa: E402
 from unitune.loader import load  # noqa: E402
@@ -24,7 +24,7 @@ TEXTS = ["### Instruction:\nAdd the numbers.\n\n### Input:\n3 4\n\n### Response:
 STEPS = 8
 # their checkpoints run their own tokenizer (and, for baichuan2's 13B, modeling) code; the tiny baichuan is the 7B
 # layout (converted to native LLaMA) with Baichuan's own tokenizer
-REMOTE = sorted([*REAL, "baichuan"])
+REMOTE = sorted(REMOTE_CODE)
 
 
 def _model_args(tiny_model, family: str, **kw) -> ModelArgs:

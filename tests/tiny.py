@@ -33,6 +33,15 @@ REMOTE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" /
 REAL = {"chatglm": "chatglm2-6b", "chatglm3": "chatglm2-6b", "baichuan2": "baichuan2-13b-chat",
         "internlm2": "internlm2-chat-7b", "moss": "moss-moon-003-sft"}
 
+# The families whose tiny checkpoint runs checkpoint code (at least its tokenizer class), with the fixture it needs:
+# the real fixtures, and the Baichuan-7B layout built on Baichuan's real tokenizer files (build_baichuan_7b)
+REMOTE_CODE = {**REAL, "baichuan": REAL["baichuan2"]}
+
+
+def fixture_present(family: str) -> bool:
+    return family not in REMOTE_CODE or (REMOTE / REMOTE_CODE[family] / "config.json").is_file()
+
+
 # One tiny model per --model_type: the real fixture where there is one, else a native class with the family's
 # real module names (see unitune/models.py).
 FAMILIES = ["llama", "chatglm", "chatglm3", "glm4", "bloom", "moss", "internlm", "internlm2", "baichuan", "baichuan2",
