@@ -242,16 +242,16 @@ def load_file_weights(folder: Path) -> dict:
 
 def test_every_model_type_gets_its_adapters(tiny_model):
     """The ModelSpec attention / MLP names hold on every family's stand-in, and zero_up changes no logit."""
-    from tests.tiny import FAMILIES, LAYERS, REAL, REMOTE
+    from tests.tiny import FAMILIES, LAYERS, REMOTE_CODE, fixture_present
     from unitune.args import ModelArgs
     from unitune.loader import load as unitune_load
 
     for family in FAMILIES:
-        if family in REAL and not (REMOTE / REAL[family] / "config.json").is_file():
+        if not fixture_present(family):
             continue  # the real-code fixtures are absent here (../shared)
         path = tiny_model(family)
         args = ModelArgs(model_type=family, model_name_or_path=str(path), compute_dtype="fp32",
-                         trust_remote_code=family in REAL)
+                         trust_remote_code=family in REMOTE_CODE)
         tok = unitune_load(args, mode="infer").tokenizer
         batch = tok(TEXT[:1], return_tensors="pt", return_token_type_ids=False)
         load = lambda: unitune_load(args, mode="infer").model  # noqa: E731

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.tiny import FAMILIES, LAYERS, REAL, build_model  # noqa: E402
+from tests.tiny import FAMILIES, LAYERS, REMOTE_CODE, build_model  # noqa: E402
 from unitune.args import ModelArgs, PeftArgs, TrainArgs  # noqa: E402
 from unitune.errors import UnituneError  # noqa: E402
 from unitune.loader import load  # noqa: E402
@@ -22,12 +22,21 @@ from unitune.models import MODELS, get_model_spec  # noqa: E402
 TEXTS = ["### Instruction:\nAdd the numbers.\n\n### Input:\n3 4\n\n### Response:\n3 + 4 = 7",
          "The quick brown fox jumps over the lazy dog."]
 STEPS = 8
-REMOTE = sorted(REAL)  # their checkpoints run their own tokenizer (and, for baichuan, modeling) code
+# their checkpoints run their own tokenizer (and, for baichuan2's 13B, modeling) code; the tiny baichuan is the 7B
+# layout (converted to native LLaMA) with Baichuan's own tokenizer
+REMOTE = sorted(REMOTE_CODE)
 
 
 def _model_args(tiny_model, family: str, **kw) -> ModelArgs:
     return ModelArgs(model_type=family, model_name_or_path=str(tiny_model(family)), compute_dtype="fp32",
-                     trust_remote_code=family in REAL, **kw)
+                     trust_remote_code=family in REMOTE, **kw)
+
+
+def _spec(tiny_model, family: str):
+    """The registry entry as it applies to the tiny checkpoint (a converted one takes its native targets)."""
+    from unitune.loader import check_model_args
+
+    return check_model_args(_model_args(tiny_model, family))
 
 
 def _batch(tokenizer, labels: bool = True) -> dict:
@@ -59,7 +68,7 @@ def test_every_registered_family_has_a_tiny_model():
 
 @pytest.mark.parametrize("family", list(MODELS))
 def test_registry_names_exist_in_tiny_model(tiny_model, family):
-    spec = MODELS[family]
+    spec = _spec(tiny_model, family)
     model = _base(tiny_model(family), family)
     names = _leaf_names(model)
     linear = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
@@ -74,12 +83,12 @@ def test_registry_names_exist_in_tiny_model(tiny_model, family):
 def test_lora_trains_saves_and_reloads(tiny_model, family, tmp_path):
     from peft import PeftModel
 
-    spec = MODELS[family]
+    spec = _spec(tiny_model, family)
     model_args = _model_args(tiny_model, family)
     loaded = load(model_args, mode="train", peft_args=PeftArgs(peft_type="lora", lora_r=4, lora_dropout=0.0),
                   train_args=TrainArgs())
     model, batch = loaded.model, _batch(loaded.tokenizer)
-    assert loaded.spec is spec
+    assert loaded.spec == spec
     wrapped = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if hasattr(mod, "lora_A")}
     assert wrapped == set(spec.lora_targets) if spec.lora_targets else len(wrapped) > 1  # auto: all linear
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -163,7 +172,7 @@ def test_real_checkpoint_behaves_like_a_transformers_model(tiny_model, family):
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(recomputed, plain)
 
-    if not MODELS[family].supports_prefix:  # refused before loading (see test_methods); nothing more to check
+    if not _spec(tiny_model, family).supports_prefix:  # refused before loading (see test_methods); nothing more to check
         return
     # the spec says supports_prefix: peft prefix tuning feeds the model's KV cache
     from unitune.compat import fix_prompt_learning_generation

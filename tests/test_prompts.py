@@ -78,7 +78,7 @@ def _loaded(family: str):
     return load_tokenizer(args, spec, padding_side="left"), template(spec.template)
 
 
-@pytest.mark.parametrize("family", ["chatglm", "baichuan", "internlm2", "moss"])
+@pytest.mark.parametrize("family", ["chatglm", "baichuan2", "internlm2", "moss"])
 def test_real_tokenizers_encode_inference_as_training(family):
     tokenizer, template = _loaded(family)
     _check_inference_is_a_prefix_of_training(tokenizer, template)
@@ -100,8 +100,8 @@ def test_chatglm2_prompt_is_its_build_inputs():
 def test_baichuan2_prompt_is_its_build_chat_input():
     import json
 
-    tokenizer, template = _loaded("baichuan")
-    path = real_fixture("baichuan")
+    tokenizer, template = _loaded("baichuan2")
+    path = real_fixture("baichuan2")
     build_chat_input = remote_class(str(path), "generation_utils.build_chat_input")
     generation = SimpleNamespace(**json.loads((path / "generation_config.json").read_text()))
     model = SimpleNamespace(generation_config=generation, config=SimpleNamespace(model_max_length=4096), device="cpu")
@@ -194,3 +194,63 @@ def test_every_template_as_jinja_renders_its_own_prompt(name, tiny_model):
     assert rendered == bos + template.prompt_for(LAST[0], history=HISTORY, system="Be brief.")
     default_system = tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True)
     assert default_system == bos + template.prompt_for(LAST[0], history=HISTORY)
+
+
+# ---------------------------------------------------------------- families whose prompt code is not in a fixture
+# Their checkpoints' own chat templates (tokenizer_config.json chat_template), quoted as the test reference:
+# GLM-4-9B-Chat's without its tools branch (THUDM/glm-4-9b-chat; the same text as its tokenization_chatglm.py
+# build_chat_input: <|role|> + "\n" + message, the prompt ending at <|assistant|>), ChatGLM3-6B's whole
+# (THUDM/chatglm3-6b; both also quoted in llama.cpp's tests/test-chat-template.cpp).
+PUBLISHED = {
+    "glm4": ("[gMASK]<sop>{% for item in messages %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}"
+             "\n{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+             "[gMASK]<sop>"),
+    "chatglm3": ("{% for message in messages %}{% if loop.first %}[gMASK]sop<|{{ message['role'] }}|>\n "
+                 "{{ message['content'] }}{% else %}<|{{ message['role'] }}|>\n {{ message['content'] }}{% endif %}"
+                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}", "[gMASK]sop"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_template_is_the_checkpoints_own_chat_template(name, tiny_model):
+    """[gMASK] and sop are the tokenizer's own prefix (build_inputs_with_special_tokens), not template text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    tokenizer.chat_template, prefix = PUBLISHED[name]
+    template = get_template(name)
+    for system in (None, "Be brief."):
+        messages = [{"role": "system", "content": system}] if system else []
+        for q, a in HISTORY:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": LAST[0]})
+        theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert prefix + template.prompt_for(LAST[0], history=HISTORY, system=system or "") == theirs
+    # the trained response is what the model writes after <|assistant|>: "\n" (ChatGLM3: "\n ") and the answer
+    *_, (_prompt, response) = template.segments(LAST[0], output=LAST[1], history=HISTORY)
+    messages.append({"role": "assistant", "content": LAST[1]})
+    whole = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert whole == theirs + response
+
+
+def test_baichuan_v1_prompt_is_build_chat_input_with_its_role_tokens():
+    """Baichuan-13B-Chat builds prompts with the same generation_utils.build_chat_input as Baichuan2 (the fixture's
+    file), with its generation_config user/assistant ids 195 / 196, which are <reserved_102> / <reserved_103> in its
+    vocabulary (Baichuan2's 195 / 196 are <reserved_106> / <reserved_107>). The fixture's tokenizer has no
+    <reserved_102>, so the v1 template is checked on it with those two pieces registered as its role tokens."""
+    import json
+
+    from unitune.families import load_tokenizer
+
+    path = real_fixture("baichuan2")
+    tokenizer = load_tokenizer("baichuan", str(path))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<reserved_102>", "<reserved_103>"]})
+    user, assistant = tokenizer.convert_tokens_to_ids(["<reserved_102>", "<reserved_103>"])
+    build_chat_input = remote_class(str(path), "generation_utils.build_chat_input")
+    generation = SimpleNamespace(**{**json.loads((path / "generation_config.json").read_text()),
+                                    "user_token_id": user, "assistant_token_id": assistant})
+    model = SimpleNamespace(generation_config=generation, config=SimpleNamespace(model_max_length=4096), device="cpu")
+    messages = [{"role": "user", "content": HISTORY[0][0]}, {"role": "assistant", "content": HISTORY[0][1]},
+                {"role": "user", "content": LAST[0]}]
+    theirs = build_chat_input(model, tokenizer, messages)[0].tolist()
+    assert _ours(tokenizer, get_template("baichuan"), HISTORY[:1], LAST[0]) == theirs

@@ -23,7 +23,7 @@ from unitune.loader import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REMOTE = REPO.parent / "shared" / "fixtures" / "remote"
-REAL = {"chatglm": "chatglm2-6b", "baichuan": "baichuan2-13b-chat", "internlm2": "internlm2-chat-7b",
+REAL = {"chatglm": "chatglm2-6b", "baichuan2": "baichuan2-13b-chat", "internlm2": "internlm2-chat-7b",
         "moss": "moss-moon-003-sft"}
 NATIVE = {"chatglm": "GlmForCausalLM", "internlm2": "LlamaForCausalLM", "moss": "CodeGenForCausalLM"}
 TEXTS = ["Hello world, how are you? I am fine, thank you.", "Write a short poem about the sea."]
@@ -51,7 +51,7 @@ def reference(family: str, path: Path):
     config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     config.dtype = config.torch_dtype = torch.float32  # its code builds layers in config.torch_dtype (float16 here)
     classes = {"chatglm": "modeling_chatglm.ChatGLMForConditionalGeneration",
-               "baichuan": "modeling_baichuan.BaichuanForCausalLM",
+               "baichuan2": "modeling_baichuan.BaichuanForCausalLM",
                "internlm2": "modeling_internlm2.InternLM2ForCausalLM", "moss": "modeling_moss.MossForCausalLM"}
     if family == "chatglm":
         config.max_length = config.seq_length  # generation fields left PretrainedConfig in transformers 5
@@ -64,7 +64,7 @@ def reference(family: str, path: Path):
     model = remote_class(str(path), classes[family])(config)
     if family == "moss":  # transformers 5 removed PreTrainedModel.get_head_mask, which MOSS's forward calls
         model.transformer.get_head_mask = lambda head_mask, n: [None] * n
-    model.load_state_dict(read_weights(path), strict=family != "baichuan")
+    model.load_state_dict(read_weights(path), strict=family != "baichuan2")
     return model.eval()
 
 
@@ -134,7 +134,7 @@ def test_trust_remote_code_is_asked_only_where_checkpoint_code_runs():
     from unitune.errors import UnituneError
     from unitune.families import checkpoint_code
 
-    assert checkpoint_code("baichuan", str(fixture("baichuan"))) == ["modeling", "tokenizer"]
+    assert checkpoint_code("baichuan2", str(fixture("baichuan2"))) == ["modeling", "tokenizer"]
     for family in NATIVE:  # converted models: only the tokenizer's own class runs
         assert checkpoint_code(family, str(fixture(family))) == ["tokenizer"], family
     with pytest.raises(UnituneError, match=r"runs its own Python code \(tokenizer\).*--trust_remote_code"):

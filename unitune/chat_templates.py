@@ -136,6 +136,7 @@ def to_jinja(template: Template, tokenizer) -> str:
         "{%- for message in turns -%}"
         "{%- if message['role'] == 'user' -%}{%- set ns.turn = ns.turn + 1 -%}"
         "{%- if ns.turn > 1 -%}" + jinja(template.turn_separator) + "{%- endif -%}" + user +
-        "{%- else -%}{{ message['content'] }}" + jinja(template.response_suffix) + "{%- endif -%}"
+        "{%- else -%}" + jinja(template.response_prefix) + "{{ message['content'] }}"
+        + jinja(template.response_suffix) + "{%- endif -%}"
         "{%- endfor -%}"
     )

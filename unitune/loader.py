@@ -10,13 +10,14 @@ from typing import Any
 
 from unitune.distributed import device_for_this_process
 from unitune.errors import UnituneError
-from unitune.models import ModelSpec, detect_model_spec, get_model_spec
+from unitune.models import ModelSpec, detect_model_spec, for_checkpoint, get_model_spec
 from unitune.templates import Template, get_template
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
            "fp16": "float16", "float16": "float16"}
+_warned: set = set()  # (--model_type, checkpoint) pairs already warned about
 OWN_ADAPTER_FILE = "unitune_adapter.json"  # adapters the `peft` library cannot hold (bottleneck ...)
 
 
@@ -37,12 +38,21 @@ def check_model_args(model_args) -> ModelSpec:
     path = Path(model_args.base_path)
     if not path.is_dir():
         raise UnituneError(f"--model_name_or_path {path}: no such model directory (no model hub is used)")
-    config_type = families.read_config(path, required=False).get("model_type")
+    config = families.read_config(path, required=False)
+    config_type = config.get("model_type")
+    detected = detect_model_spec(config, str(path)) if config else None
     if spec.name == "auto":  # a checkpoint in a registered family's own format gets that family's entry
-        spec = detect_model_spec(config_type) or spec
+        spec = detected or spec
     elif spec.config_types and config_type is not None and config_type not in spec.config_types:
         raise UnituneError(f"--model_type {spec.name}: {path} is a {config_type!r} checkpoint (config.json "
                            f"model_type), not one of {', '.join(spec.config_types)}; pass its own --model_type or auto")
+    elif (detected is not None and detected.name != spec.name and spec.config_types[:1] == detected.config_types[:1]
+          and (spec.name, str(path)) not in _warned):
+        _warned.add((spec.name, str(path)))
+        log.warning("--model_type %s: %s looks like a %s checkpoint (template %s); pass --model_type %s (or auto) "
+                    "for its chat format", spec.name, path, detected.name, detected.template, detected.name)
+    native_already = config_type is not None and config_type in spec.config_types[1:]
+    spec = for_checkpoint(spec, native_already or families.converts(spec.family, str(path)))
     code = families.checkpoint_code(spec.family, str(path))
     if code and not model_args.trust_remote_code:
         raise UnituneError(f"--model_type {spec.name}: {path} runs its own Python code ({' and '.join(code)}): "

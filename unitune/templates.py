@@ -18,6 +18,8 @@ class Template:
     prompt: str = ""  # with an {input} slot; when empty, input is appended to the instruction
     system: str = ""
     system_format: str = "{system}\n\n"
+    response_prefix: str = ""  # written before each response, as part of it (ChatGLM3 / GLM-4: the model writes
+    # the "\n" after <|assistant|> itself, so their own prompt code ends the prompt at <|assistant|>)
     response_suffix: str = ""
     turn_separator: str = ""
     stop: tuple[str, ...] = field(default_factory=tuple)
@@ -43,7 +45,7 @@ class Template:
         for idx, (query, response) in enumerate(turns, start=1):
             user_input = input if idx == len(turns) else ""
             prompt = (head if idx == 1 else self.turn_separator) + self.user_turn(query, user_input, idx)
-            out.append((prompt, None if response is None else response + self.response_suffix))
+            out.append((prompt, None if response is None else self.response_prefix + response + self.response_suffix))
         return out
 
     def ends_turns_itself(self) -> bool:

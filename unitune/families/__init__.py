@@ -2,12 +2,14 @@
 
 A ModelSpec names its family module here (`ModelSpec.family`). A family module may define:
 
-- `native_config(config: dict) -> transformers PreTrainedConfig` and `native_weights(config: dict, weights)
-  -> dict`: the checkpoint maps onto a native transformers architecture; it is converted once into
+- `is_convertible(config: dict, path) -> bool`, `native_config(config: dict, path) -> transformers
+  PreTrainedConfig` and `native_weights(config: dict, weights, path) -> dict`: the checkpoint maps onto a native transformers architecture; it is converted once into
   ~/.cache/unitune/converted/ (keyed by the checkpoint's config and weight files) and loaded from there, so
   none of the checkpoint's modeling code runs (native SDPA, KV cache, gradient checkpointing come free);
 - `load_tokenizer(path) -> tokenizer`: the checkpoint's tokenizer, with the named patches it needs;
-- `after_load(model) -> model`: fixes applied to a model loaded with the checkpoint's own code.
+- `after_load(model) -> model`: fixes applied to a model loaded with the checkpoint's own code;
+- `variant(config: dict, path) -> str`: which of the registry entries sharing this checkpoint format
+  (unitune.models) the checkpoint is, for `--model_type auto`.
 
 Families without a module load as plain transformers checkpoints.
 """
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 FAMILIES = {  # family name -> module (imported only when a checkpoint of that family loads)
     "chatglm": "unitune.families.chatglm",
     "baichuan": "unitune.families.baichuan",
+    "baichuan2": "unitune.families.baichuan2",
+    "glm4": "unitune.families.glm4",
     "internlm": "unitune.families.internlm",
     "internlm2": "unitune.families.internlm2",
     "moss": "unitune.families.moss",
@@ -85,8 +89,8 @@ def converted(path: str | Path, family: str) -> Path:
     out = _cache_root() / f"{family}-{digest.hexdigest()[:16]}"
     if (out / "config.json").is_file():
         return out
-    native = module.native_config(config)
-    weights = {k: v.contiguous() for k, v in module.native_weights(config, read_weights(src)).items()}
+    native = module.native_config(config, src)
+    weights = {k: v.contiguous() for k, v in module.native_weights(config, read_weights(src), src).items()}
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -141,7 +145,7 @@ def converts(family: str, path: str) -> bool:
     that already is native, e.g. a merged model unitune wrote, is not)."""
     module = family_module(family)
     return (module is not None and hasattr(module, "native_config")
-            and module.is_convertible(read_config(path, required=False)))
+            and module.is_convertible(read_config(path, required=False), Path(path)))
 
 
 def model_source(family: str, path: str) -> str:

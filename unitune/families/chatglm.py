@@ -1,6 +1,6 @@
-"""ChatGLM2-6B / ChatGLM3-6B (and GLM-4-9B's chatglm-format checkpoints): converted to transformers' native
-GlmForCausalLM, the same architecture (multi-query attention, RoPE on half of each head in interleaved pairs,
-RMSNorm, SwiGLU, bias on q/k/v only). The tokenizer stays the checkpoint's own (sentencepiece plus
+"""ChatGLM2-6B / ChatGLM3-6B (and GLM-4-9B's chatglm-format checkpoints, unitune.families.glm4): converted to
+transformers' native GlmForCausalLM, the same architecture (multi-query attention, RoPE on half of each head in
+interleaved pairs, RMSNorm, SwiGLU, bias on q/k/v only). The tokenizer stays the checkpoint's own (sentencepiece plus
 [gMASK]/sop), with the patches transformers 5 needs.
 
 ChatGLM-6B (v1, 2D positions, GLM blocks) has no native counterpart and is refused.
@@ -8,11 +8,30 @@ ChatGLM-6B (v1, 2D positions, GLM blocks) has no native counterpart and is refus
 
 from __future__ import annotations
 
+import json
+
 from unitune.errors import UnituneError
 from unitune.families import preload_attribute, remote_class
 
 
-def is_convertible(config: dict) -> bool:
+def variant(config: dict, path) -> str:
+    """Which registry entry a model_type "chatglm" checkpoint is. All three share config and weight layout; the
+    tokenizer tells them apart: GLM-4's is a tiktoken class (ChatGLM4Tokenizer, vocabulary 151552), ChatGLM3's
+    sentencepiece class knows the role tokens (<|user|> ...) that ChatGLM2's lacks."""
+    from pathlib import Path
+
+    tokenizer_config = Path(path) / "tokenizer_config.json"
+    auto_map = json.loads(tokenizer_config.read_text()).get("auto_map", {}) if tokenizer_config.is_file() else {}
+    classes = auto_map.get("AutoTokenizer") or [""]
+    if "ChatGLM4Tokenizer" in str(classes[0]) or config.get("padded_vocab_size") == 151552:
+        return "glm4"
+    code = Path(path) / "tokenization_chatglm.py"
+    if code.is_file() and "<|user|>" in code.read_text(encoding="utf-8", errors="replace"):
+        return "chatglm3"
+    return "chatglm"
+
+
+def is_convertible(config: dict, path=None) -> bool:
     if config.get("model_type") != "chatglm":
         return False  # already native (e.g. a merged model unitune wrote)
     if "position_encoding_2d" in config or "multi_query_attention" not in config:
@@ -24,7 +43,7 @@ def is_convertible(config: dict) -> bool:
     return True
 
 
-def native_config(config: dict):
+def native_config(config: dict, path=None):
     from transformers import GlmConfig
 
     heads = config["num_attention_heads"]
@@ -43,7 +62,7 @@ def native_config(config: dict):
         architectures=["GlmForCausalLM"], dtype="float32")
 
 
-def native_weights(config: dict, weights: dict) -> dict:
+def native_weights(config: dict, weights: dict, path=None) -> dict:
     if any(key.startswith("transformer.prefix_encoder") for key in weights):
         raise UnituneError("this ChatGLM checkpoint carries its own P-tuning prefix encoder; merge or drop it first")
     heads = config["num_attention_heads"]

@@ -5,11 +5,11 @@ A checkpoint that already is a native LLaMA loads as it is."""
 from __future__ import annotations
 
 
-def is_convertible(config: dict) -> bool:
+def is_convertible(config: dict, path=None) -> bool:
     return config.get("model_type") == "internlm"  # a native llama config needs nothing
 
 
-def native_config(config: dict):
+def native_config(config: dict, path=None):
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -23,5 +23,5 @@ def native_config(config: dict):
         architectures=["LlamaForCausalLM"], dtype="float32")
 
 
-def native_weights(config: dict, weights: dict) -> dict:
+def native_weights(config: dict, weights: dict, path=None) -> dict:
     return dict(weights)

@@ -10,7 +10,7 @@ from unitune.errors import UnituneError
 from unitune.families import remote_class
 
 
-def is_convertible(config: dict) -> bool:
+def is_convertible(config: dict, path=None) -> bool:
     if config.get("model_type") != "internlm2":
         return False  # already native (e.g. a merged model unitune wrote)
     scaling = config.get("rope_scaling")
@@ -19,7 +19,7 @@ def is_convertible(config: dict) -> bool:
     return True
 
 
-def native_config(config: dict):
+def native_config(config: dict, path=None):
     from transformers import LlamaConfig
 
     rope = {"rope_type": "default", "rope_theta": float(config.get("rope_theta", 10000))}
@@ -38,7 +38,7 @@ def native_config(config: dict):
         pad_token_id=config.get("pad_token_id", 2), architectures=["LlamaForCausalLM"], dtype="float32")
 
 
-def native_weights(config: dict, weights: dict) -> dict:
+def native_weights(config: dict, weights: dict, path=None) -> dict:
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim, groups = hidden // heads, heads // (config.get("num_key_value_heads") or heads)

@@ -15,7 +15,7 @@ from unitune.errors import UnituneError
 from unitune.families import preload_attribute
 
 
-def is_convertible(config: dict) -> bool:
+def is_convertible(config: dict, path=None) -> bool:
     if config.get("model_type") != "moss":
         return False  # already native (e.g. a merged model unitune wrote)
     if config.get("wbits", 32) < 16:
@@ -24,7 +24,7 @@ def is_convertible(config: dict) -> bool:
     return True
 
 
-def native_config(config: dict):
+def native_config(config: dict, path=None):
     from transformers import CodeGenConfig
 
     keep = ("vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head", "rotary_dim", "n_inner",
@@ -34,7 +34,7 @@ def native_config(config: dict):
                          dtype="float32")
 
 
-def native_weights(config: dict, weights: dict) -> dict:
+def native_weights(config: dict, weights: dict, path=None) -> dict:
     # the causal masks were saved as buffers; the native class builds its own
     return {k: v for k, v in weights.items() if not k.endswith((".attn.causal_mask", ".attn.masked_bias"))}
 
