@@ -286,7 +286,9 @@ def test_cutoff_truncates_and_drops_examples_without_response(tokenizer, tmp_pat
     with pytest.raises(UnituneError, match="no trainable example left"):
         D.prepare([write(tmp_path / "long.jsonl", [long_prompt], "jsonl")], tokenizer, template, cut, False,
                   tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [result.fingerprint]  # nothing half-written
+    entries = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert not [e for e in entries if ".tmp" in e]  # nothing half-written
+    assert [e for e in entries if not e.startswith("records-")] == [result.fingerprint]  # no entry for the error
 
 
 # ---------------------------------------------------------------- validation split
@@ -352,8 +354,14 @@ def test_second_identical_run_is_a_cache_hit_that_reads_no_record(tokenizer, tmp
     assert any("cache hit" in rec.getMessage() and "reading and tokenization skipped" in rec.getMessage()
                for rec in caplog.records)
     assert second.examples[:] == first.examples[:] and second.dropped == first.dropped
-    with pytest.raises(AssertionError, match="must not read"):  # a changed setting is a miss, and reads
-        D.prepare([path], tokenizer, template, 65, False, tmp_path / "cache")
+    # another --cutoff_len tokenizes again, from the cached records: still nothing read
+    third = D.prepare([path], tokenizer, template, 65, False, tmp_path / "cache")
+    assert not third.from_cache and third.fingerprint != first.fingerprint and third.records == 60
+    import os
+
+    os.utime(path, ns=(1, 1))  # a changed file is read again
+    with pytest.raises(AssertionError, match="must not read"):
+        D.prepare([path], tokenizer, template, 64, False, tmp_path / "cache")
 
 
 def test_cache_key_follows_files_tokenizer_template_and_settings(tokenizer, tmp_path):

@@ -223,7 +223,6 @@ def prepare_data(model_args, data_args, train_args, paths: list):
     from unitune import data as D
     from unitune.loader import load_tokenizer_and_template
 
-    tokenizer, template = load_tokenizer_and_template(model_args, "train")
     catcher, data_log = _Lines(), logging.getLogger("unitune.data")
     saved = data_log.level, data_log.propagate
     data_log.addHandler(catcher)
@@ -231,6 +230,9 @@ def prepare_data(model_args, data_args, train_args, paths: list):
     data_log.propagate = False
     try:
         with main_process_first():
+            if not data_args.streaming:  # checked and normalized before torch or a tokenizer is imported
+                D.load_records(paths, data_args.cache_dir, data_args.preprocessing_num_workers, data_args.max_samples)
+            tokenizer, template = load_tokenizer_and_template(model_args, "train")
             if data_args.streaming:
                 stream = D.stream(paths, tokenizer, template, data_args.cutoff_len, data_args.train_on_inputs,
                                   data_args.buffer_size, train_args.seed, data_args.max_samples)

@@ -1,11 +1,15 @@
-"""Training data as Arrow: read -> normalize + encode in `num_proc` processes -> cached by fingerprint; or streamed.
+"""Training data as Arrow, in two cached steps, each in `num_proc` processes:
 
-The cache key is computed from what the result depends on, never from the records themselves: each data
-file's path, size and modification time, the tokenizer, the template, --cutoff_len, --train_on_inputs,
---max_samples and CACHE_VERSION. A cache entry is a folder of memory-mapped Arrow files written under a
-temporary name and renamed when complete, so a crash never leaves a half-written entry and a second identical
-run reads no record at all. Multi-process runs call `prepare` under `main_process_first`: one process writes,
-the others find the entry.
+1. records: every file is read record by record into Arrow and each record checked and normalized (no torch,
+   no tokenizer: a bad record is reported before either is even imported);
+2. examples: the normalized records through THE encoding (input_ids, labels, length).
+
+Cache keys are computed from what a result depends on, never from the records themselves: each data file's
+path, size and modification time and --max_samples (records); those plus the tokenizer, the template,
+--cutoff_len and --train_on_inputs (examples); CACHE_VERSION in both. An entry is a folder of memory-mapped
+Arrow files written under a temporary name and renamed when complete, so a crash never leaves a half-written
+entry, and a second identical run reads no record at all. Multi-process runs call these under
+`main_process_first`: one process writes, the others find the entry.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from unitune.data.encoding import encode_batch, tokenizer_fingerprint
 from unitune.data.readers import check_file, iter_raw
@@ -28,15 +32,16 @@ from unitune.errors import UnituneError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "3"  # bump when reading or tokenization changes meaning
+CACHE_VERSION = "3"  # bump when reading, normalizing or tokenization changes meaning
 META = "meta.json"
 AUTO_PROCESSES_FROM = 20_000  # below this many records, starting worker processes costs more than it saves
 BATCH = 1000  # records per map batch: one tokenizer call each
+FIELDS = ("system", "history", "instruction", "input", "output")
 
 
 @dataclass
 class Tokenized:
-    examples: Any  # a datasets.Dataset with input_ids, labels and length per example
+    examples: Any  # a datasets.Dataset with input_ids, labels and length per example (or a stream of them)
     records: int
     dropped: int
     from_cache: bool
@@ -48,31 +53,89 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "unitune" / "tokenized"
 
 
-def fingerprint(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_inputs: bool,
-                max_samples: int | None) -> str:
+def _digest(*parts: str) -> str:
     digest = hashlib.sha256()
-    for path in paths:
-        stat = Path(path).stat()
-        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    for part in (CACHE_VERSION, tokenizer_fingerprint(tokenizer), template.fingerprint(), str(cutoff_len),
-                 str(train_on_inputs), str(max_samples)):
+    for part in parts:
         digest.update(f"{part}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def _features():
+def records_key(paths: list[Path], max_samples: int | None) -> str:
+    stats = [(Path(p).resolve(), Path(p).stat()) for p in paths]
+    return _digest(CACHE_VERSION, str(max_samples), *(f"{p}|{st.st_size}|{st.st_mtime_ns}" for p, st in stats))
+
+
+def fingerprint(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_inputs: bool,
+                max_samples: int | None) -> str:
+    return _digest(records_key(paths, max_samples), tokenizer_fingerprint(tokenizer), template.fingerprint(),
+                   str(cutoff_len), str(train_on_inputs))
+
+
+def _workers(num_proc: int | None, rows: int) -> int | None:
+    wanted = num_proc if num_proc is not None else (os.cpu_count() or 1) if rows > AUTO_PROCESSES_FROM else 1
+    wanted = max(1, min(wanted, rows // BATCH or 1))
+    return wanted if wanted > 1 else None
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """Our error out of whatever a worker process's failure came wrapped in."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, UnituneError):
+            return UnituneError(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return err
+
+
+def load_entry(entry: Path):
+    from datasets import Dataset, concatenate_datasets
+
+    meta = json.loads((entry / META).read_text())
+    parts = [Dataset.from_file(str(entry / name)) for name in meta["files"]]
+    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), meta
+
+
+def _cached(entry: Path, build: Callable[[Path], dict]) -> tuple[Any, dict, bool]:
+    """The entry's dataset and meta; `build(tmp)` writes it into a temporary folder first when absent."""
+    if (entry / META).is_file():
+        return (*load_entry(entry), True)
+    made = [folder for folder in entry.parents if not folder.exists()]
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        meta = build(tmp)
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, entry)  # atomic: the entry appears complete or not at all
+        except OSError:  # another process wrote the same entry first: it holds the same result
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        shutil.rmtree(made[-1] if made else tmp, ignore_errors=True)  # bad data leaves nothing behind
+        unwrapped = _unwrap(err)
+        if unwrapped is err:
+            raise
+        raise unwrapped from None
+    return (*load_entry(entry), False)
+
+
+def _files(dataset) -> list[str]:
+    return [Path(f["filename"]).name for f in dataset.cache_files]
+
+
+# ---------------------------------------------------------------- step 1: records
+def _record_features():
     from datasets import Features, List, Value
 
-    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "length": Value("int32")})
+    return Features({"system": Value("string"), "history": List(List(Value("string"))),
+                     "instruction": Value("string"), "input": Value("string"), "output": Value("string")})
 
 
-def _encode_rows(batch: dict, files: list[str], tokenizer, template, cutoff_len: int, train_on_inputs: bool) -> dict:
-    """One map batch: normalize every raw record (its errors name file and line) and encode them all at once."""
+def _normalize_rows(batch: dict, files: list[str]) -> dict:
+    """One map batch of raw rows -> normalized records; an error names file, line or index, and field."""
     records = [normalize_raw(raw, f"{files[f]}: {loc}") for f, loc, raw in zip(batch["file"], batch["loc"],
                                                                                batch["raw"])]
-    examples = [e for e in encode_batch(tokenizer, template, records, cutoff_len, train_on_inputs) if e]
-    return {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples],
-            "length": [len(e["input_ids"]) for e in examples]}
+    return {name: [r[name] for r in records] for name in FIELDS}
 
 
 def _write_raw(paths: list[Path], target: Path, max_samples: int | None) -> list[int]:
@@ -101,83 +164,97 @@ def _write_raw(paths: list[Path], target: Path, max_samples: int | None) -> list
     return counts
 
 
-def _unwrap(err: BaseException) -> BaseException:
-    """Our error out of whatever a worker process's failure came wrapped in."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, UnituneError):
-            return UnituneError(str(seen))
-        seen = seen.__cause__ or seen.__context__
-    return err
+def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_proc: int | None = None,
+                 max_samples: int | None = None):
+    """Step 1: the checked, normalized records of `paths` as an Arrow dataset (cached); (dataset, meta, hit)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # a bad record must be the only line; we log what was done
+    paths = [check_file(p) for p in paths]
+    entry = Path(cache_dir or default_cache_dir()) / f"records-{records_key(paths, max_samples)}"
+
+    def build(tmp: Path) -> dict:
+        started = time.perf_counter()
+        counts = _write_raw(paths, tmp / "raw.arrow", max_samples)
+        raw = datasets.Dataset.from_file(str(tmp / "raw.arrow"))
+        records = raw.map(_normalize_rows, batched=True, batch_size=BATCH, num_proc=_workers(num_proc, len(raw)),
+                          fn_kwargs={"files": [str(p) for p in paths]}, remove_columns=raw.column_names,
+                          features=_record_features(), new_fingerprint=entry.name[-24:],
+                          cache_file_name=str(tmp / "records.arrow"), load_from_cache_file=False)
+        files = _files(records)
+        del raw, records
+        (tmp / "raw.arrow").unlink()
+        return {"records": sum(counts), "counts": counts, "sources": [str(p) for p in paths], "files": files,
+                "seconds": time.perf_counter() - started}
+
+    records, meta, hit = _cached(entry, build)
+    if hit:
+        log.info("records: cache hit %s (%d records), reading skipped", entry, meta["records"])
+    else:
+        for path, count in zip(paths, meta["counts"]):
+            log.info("read %d records from %s", count, path)
+    return records, meta, hit
 
 
-def load_cached(entry: Path):
-    from datasets import Dataset, concatenate_datasets
+# ---------------------------------------------------------------- step 2: examples
+def _example_features():
+    from datasets import Features, List, Value
 
-    meta = json.loads((entry / META).read_text())
-    parts = [Dataset.from_file(str(entry / name)) for name in meta["files"]]
-    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), meta
+    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "length": Value("int32")})
+
+
+def _examples(records: list[dict], tokenizer, template, cutoff_len: int, train_on_inputs: bool) -> dict:
+    examples = [e for e in encode_batch(tokenizer, template, records, cutoff_len, train_on_inputs) if e]
+    return {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples],
+            "length": [len(e["input_ids"]) for e in examples]}
+
+
+def _encode_rows(batch: dict, **settings) -> dict:
+    """One map batch of normalized records -> their examples (fewer where truncation left no response)."""
+    records = [dict(zip(FIELDS, values)) for values in zip(*(batch[name] for name in FIELDS))]
+    return _examples(records, **settings)
 
 
 def prepare(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_inputs: bool,
             cache_dir: str | Path | None = None, num_proc: int | None = None,
             max_samples: int | None = None) -> Tokenized:
-    """The encoded examples of `paths`, from the cache when an identical run wrote it, else read and encoded."""
+    """The encoded examples of `paths`: from the cache when an identical run wrote them, else from step 1's
+    records (themselves cached) through the one encoding."""
     import datasets
 
-    datasets.disable_progress_bars()  # a bad record must be the only line; we log what was done
+    datasets.disable_progress_bars()
     paths = [check_file(p) for p in paths]
     key = fingerprint(paths, tokenizer, template, cutoff_len, train_on_inputs, max_samples)
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    entry = root / key
+    entry = Path(cache_dir or default_cache_dir()) / key
     if (entry / META).is_file():
-        examples, meta = load_cached(entry)
+        examples, meta = load_entry(entry)
         log.info("tokenized data: cache hit %s (%d examples), reading and tokenization skipped", entry,
                  len(examples))
         return Tokenized(examples, meta["records"], meta["dropped"], True, key)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    started = time.perf_counter()
-    try:
-        counts = _write_raw(paths, tmp / "raw.arrow", max_samples)
-        raw = datasets.Dataset.from_file(str(tmp / "raw.arrow"))
-        workers = num_proc if num_proc is not None else (os.cpu_count() or 1) if len(raw) > AUTO_PROCESSES_FROM else 1
-        workers = max(1, min(workers, len(raw) // BATCH or 1))
-        encoded = raw.map(_encode_rows, batched=True, batch_size=BATCH, num_proc=workers if workers > 1 else None,
-                          fn_kwargs={"files": [str(p) for p in paths], "tokenizer": tokenizer, "template": template,
-                                     "cutoff_len": cutoff_len, "train_on_inputs": train_on_inputs},
-                          remove_columns=raw.column_names, features=_features(), new_fingerprint=key,
-                          cache_file_name=str(tmp / "examples.arrow"), load_from_cache_file=False)
-        records, kept = sum(counts), len(encoded)
-        if not kept:
+    records, _, _ = load_records(paths, cache_dir, num_proc, max_samples)
+    workers = _workers(num_proc, len(records))
+
+    def build(tmp: Path) -> dict:
+        started = time.perf_counter()
+        examples = records.map(_encode_rows, batched=True, batch_size=BATCH, num_proc=workers,
+                               fn_kwargs={"tokenizer": tokenizer, "template": template, "cutoff_len": cutoff_len,
+                                          "train_on_inputs": train_on_inputs},
+                               remove_columns=records.column_names, features=_example_features(),
+                               new_fingerprint=key, cache_file_name=str(tmp / "examples.arrow"),
+                               load_from_cache_file=False)
+        if not len(examples):
             raise UnituneError(f"no trainable example left after truncation to --cutoff_len {cutoff_len}")
-        meta = {"records": records, "dropped": records - kept, "examples": kept, "cache_version": CACHE_VERSION,
-                "files": [Path(f["filename"]).name for f in encoded.cache_files],
-                "sources": [str(p) for p in paths]}
-        del raw, encoded
-        (tmp / "raw.arrow").unlink()
-        (tmp / META).write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, entry)  # atomic: the entry appears complete or not at all
-        except OSError:  # another process wrote the same entry first: it holds the same examples
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped = _unwrap(err)
-        if unwrapped is err:
-            raise
-        raise unwrapped from None
-    seconds = time.perf_counter() - started
-    for path, count in zip(paths, counts):
-        log.info("read %d records from %s", count, path)
+        return {"records": len(records), "dropped": len(records) - len(examples), "examples": len(examples),
+                "files": _files(examples), "seconds": time.perf_counter() - started}
+
+    examples, meta, _ = _cached(entry, build)
     if meta["dropped"]:
         log.warning("dropped %d of %d examples: --cutoff_len %d left them no response token",
-                    meta["dropped"], records, cutoff_len)
+                    meta["dropped"], meta["records"], cutoff_len)
     log.info("tokenized data: %d examples from %d records in %.1f s (%.0f records/s, %d process(es)), cached as %s",
-             kept, records, seconds, records / max(seconds, 1e-9), workers, entry)
-    examples, _ = load_cached(entry)
-    return Tokenized(examples, records, meta["dropped"], False, key)
+             meta["examples"], meta["records"], meta["seconds"], meta["records"] / max(meta["seconds"], 1e-9),
+             workers or 1, entry)
+    return Tokenized(examples, meta["records"], meta["dropped"], False, key)
 
 
 def split(examples, val_set_size: float, seed: int):
@@ -204,11 +281,9 @@ def _raw_rows(paths: list[str], max_samples: int | None) -> Iterator[dict]:
             yield {"where": f"{path}: {where}", "raw": raw}
 
 
-def _encode_streamed(batch: dict, tokenizer, template, cutoff_len: int, train_on_inputs: bool) -> dict:
+def _encode_streamed(batch: dict, **settings) -> dict:
     records = [normalize_raw(raw, where) for where, raw in zip(batch["where"], batch["raw"])]
-    examples = [e for e in encode_batch(tokenizer, template, records, cutoff_len, train_on_inputs) if e]
-    return {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples],
-            "length": [len(e["input_ids"]) for e in examples]}
+    return _examples(records, **settings)
 
 
 def stream(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_inputs: bool, buffer_size: int,
@@ -226,7 +301,7 @@ def stream(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_inp
         _raw_rows, gen_kwargs={"paths": [str(p) for p in paths], "max_samples": max_samples},
         features=datasets.Features({"where": datasets.Value("string"), "raw": datasets.Value("large_string")}))
     encoded = raw.map(_encode_streamed, batched=True, batch_size=64, remove_columns=["where", "raw"],
-                      features=_features(), fn_kwargs={"tokenizer": tokenizer, "template": template,
+                      features=_example_features(), fn_kwargs={"tokenizer": tokenizer, "template": template,
                                                        "cutoff_len": cutoff_len, "train_on_inputs": train_on_inputs})
     shuffled = encoded.shuffle(seed=seed, buffer_size=buffer_size)
     try:
