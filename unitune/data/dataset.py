@@ -189,7 +189,7 @@ def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_pro
 
     records, meta, hit = _cached(entry, build)
     if hit:
-        log.info("records: cache hit %s (%d records), reading skipped", entry, meta["records"])
+        log.info("records: %d checked records found in %s, reading skipped", meta["records"], entry)
     else:
         for path, count in zip(paths, meta["counts"]):
             log.info("read %d records from %s", count, path)
@@ -251,9 +251,9 @@ def prepare(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_in
     if meta["dropped"]:
         log.warning("dropped %d of %d examples: --cutoff_len %d left them no response token",
                     meta["dropped"], meta["records"], cutoff_len)
-    log.info("tokenized data: %d examples from %d records in %.1f s (%.0f records/s, %d process(es)), cached as %s",
-             meta["examples"], meta["records"], meta["seconds"], meta["records"] / max(meta["seconds"], 1e-9),
-             workers or 1, entry)
+    log.info("tokenized data: %d examples, cached as %s (%d records in %.1f s, %.0f records/s, %d process(es))",
+             meta["examples"], entry, meta["records"], meta["seconds"], meta["records"] / max(meta["seconds"], 1e-9),
+             workers or 1)
     return Tokenized(examples, meta["records"], meta["dropped"], False, key)
 
 
