@@ -70,7 +70,9 @@ def test_streamed_run_trains_and_resumes_at_the_same_position(tiny_llama, corpus
         assert after[step][1] == uninterrupted[step][1], step
         assert after[step][0] == pytest.approx(uninterrupted[step][0], abs=1e-3), step
     # a resume that restarted the stream would show the first batches' token counts again: it would be caught
-    tokens = lambda log, step: log[step][1] - log.get(step - 1, (0, 0))[1]  # noqa: E731
+    def tokens(log: dict, step: int) -> int:
+        return log[step][1] - log.get(step - 1, (0, 0))[1]
+
     assert [tokens(uninterrupted, s) for s in (1, 2, 3)] != [tokens(after, s) for s in (4, 5, 6)]
 
 

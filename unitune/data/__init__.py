@@ -11,7 +11,29 @@ from unitune.data.readers import READERS, iter_raw, read_records, read_text
 from unitune.data.schema import _ROLE, load_datasets, load_file, normalize, normalize_raw
 from unitune.dataset_registry import eval_files, registry, resolve, resolve_all
 
-__all__ = ["CACHE_VERSION", "Collator", "READERS", "Tokenized", "_ROLE", "encode", "encode_batch", "eval_files",
-           "iter_raw", "load_datasets", "load_records", "load_file", "normalize", "normalize_raw", "pad_right", "prepare",
-           "read_records", "read_text", "registry", "resolve", "resolve_all", "split", "stream",
-           "tokenizer_fingerprint"]
+__all__ = [
+           "CACHE_VERSION",
+           "READERS",
+           "_ROLE",
+           "Collator",
+           "Tokenized",
+           "encode",
+           "encode_batch",
+           "eval_files",
+           "iter_raw",
+           "load_datasets",
+           "load_file",
+           "load_records",
+           "normalize",
+           "normalize_raw",
+           "pad_right",
+           "prepare",
+           "read_records",
+           "read_text",
+           "registry",
+           "resolve",
+           "resolve_all",
+           "split",
+           "stream",
+           "tokenizer_fingerprint",
+]

@@ -21,9 +21,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from unitune.data.encoding import encode_batch, tokenizer_fingerprint
 from unitune.data.readers import check_file, iter_raw
@@ -263,7 +264,7 @@ def split(examples, val_set_size: float, seed: int):
         return examples, []
     import random
 
-    count = int(val_set_size) if val_set_size >= 1 else int(round(len(examples) * val_set_size))
+    count = int(val_set_size) if val_set_size >= 1 else round(len(examples) * val_set_size)
     if not 0 < count < len(examples):
         raise UnituneError(f"--val_set_size {val_set_size} leaves no training or no validation examples "
                            f"out of {len(examples)}")
