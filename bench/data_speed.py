@@ -20,8 +20,10 @@ the alpaca template and the same cutoff, each in its own process, one after the 
   an empty HF datasets cache; llamafactory_cached: its default again on that cache. Built by
   ../shared/peers/llamafactory.sh (skipped with --no-peers or where it cannot be built).
 Reported per run: records/s (records over the data step's seconds, measured inside the process from before
-reading to the tokenized dataset), the process's wall time, and peak RSS of the process with all its worker
-processes (sampled every 50 ms, summed). Ratios compare runs of this one command only.
+reading to the tokenized dataset), the process's wall time, and the peak memory of the process with all its
+worker processes, sampled every 50 ms: RSS summed (pages a parent shares with its forked workers counted in
+each: an upper bound) and PSS summed (shared pages divided among them: what the job holds). Ratios compare
+runs of this one command only.
 Writes bench/results/data_speed.json (or --out) atomically and prints a markdown table.
 """
 
@@ -101,8 +103,9 @@ def build_model(root: Path, data_file: Path) -> Path:
 
 
 # ---------------------------------------------------------------- measuring a process and its workers
-def _tree_rss_mb(pid: int) -> float:
-    """RSS of `pid` and all its descendants (summed: shared pages count in each, against the one with workers)."""
+def _tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of `pid` and all its descendants, summed. RSS counts pages shared between a parent and its
+    forked workers once in each (an upper bound); PSS shares them out (what the job really holds)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -112,16 +115,19 @@ def _tree_rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
+    rss = pss = 0
+    todo = [pid]
     while todo:
         current = todo.pop()
         todo += children.get(current, [])
         try:
-            with open(f"/proc/{current}/status") as fh:
-                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+            with open(f"/proc/{current}/smaps_rollup") as fh:
+                fields = {line.split(":")[0]: int(line.split()[1]) for line in fh if line.split(":")[0] in
+                          ("Rss", "Pss")}
+        except (OSError, ValueError, IndexError):
             continue
-    return total / 1024
+        rss, pss = rss + fields.get("Rss", 0), pss + fields.get("Pss", 0)
+    return rss / 1024, pss / 1024
 
 
 def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> dict:
@@ -134,9 +140,10 @@ def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> 
                for k, f in (("out", proc.stdout), ("err", proc.stderr))]
     for reader in readers:
         reader.start()
-    peak = 0.0
+    peak = peak_pss = 0.0
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_mb(proc.pid))
+        rss, pss = _tree_memory_mb(proc.pid)
+        peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         if time.perf_counter() - started > timeout:
             proc.kill()
         time.sleep(0.05)
@@ -146,7 +153,8 @@ def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> 
     if proc.returncode != 0:
         return {"status": "failed", "error": (streams["err"].strip().splitlines() or ["?"])[-1], "wall_seconds": wall}
     lines = [line for line in streams["out"].strip().splitlines() if line.startswith("{")]
-    return {"status": "ok", **(json.loads(lines[-1]) if lines else {}), "wall_seconds": wall, "peak_rss_mb": peak}
+    return {"status": "ok", **(json.loads(lines[-1]) if lines else {}), "wall_seconds": wall, "peak_rss_mb": peak,
+            "peak_pss_mb": peak_pss}
 
 
 # ---------------------------------------------------------------- the runs
@@ -261,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     targets = {}
     if lf.get("status") == "ok" and ours.get("status") == "ok":
         targets = {"throughput_vs_llamafactory_default": ours["records_per_second"] / lf["records_per_second"],
-                   "peak_rss_vs_llamafactory_default": ours["peak_rss_mb"] / lf["peak_rss_mb"]}
+                   "peak_rss_vs_llamafactory_default": ours["peak_rss_mb"] / lf["peak_rss_mb"],
+                   "peak_pss_vs_llamafactory_default": ours["peak_pss_mb"] / lf["peak_pss_mb"]}
     if runs["unitune_cached_to_training"].get("status") == "ok":
         targets["cached_seconds_to_training"] = runs["unitune_cached_to_training"]["seconds_to_training"]
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -285,14 +294,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| run | records/s | data step s | wall s | peak RSS MiB | status |", "|---|---|---|---|---|---|"]
+    lines = ["| run | records/s | data step s | wall s | peak RSS MiB | peak PSS MiB | status |",
+             "|---|---|---|---|---|---|---|"]
     for name, run in result["runs"].items():
         if run.get("status") != "ok":
-            lines.append(f"| {name} | | | | | {run.get('status')}: {run.get('error')} |")
+            lines.append(f"| {name} | | | | | | {run.get('status')}: {run.get('error')} |")
             continue
         rate = f"{run['records_per_second']:.0f}" if run.get("records_per_second") else ""
         step = f"{run['seconds']:.1f}" if "seconds" in run else f"to training {run['seconds_to_training']:.1f}"
-        lines.append(f"| {name} | {rate} | {step} | {run['wall_seconds']:.1f} | {run['peak_rss_mb']:.0f} | ok |")
+        lines.append(f"| {name} | {rate} | {step} | {run['wall_seconds']:.1f} | {run['peak_rss_mb']:.0f} | "
+                     f"{run['peak_pss_mb']:.0f} | ok |")
     for key, value in result["targets"].items():
         lines.append(f"\n{key}: {value:.2f}")
     return "\n".join(lines)

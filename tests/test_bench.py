@@ -40,7 +40,7 @@ def test_data_speed_quick_measures_cold_cached_and_time_to_training(tmp_path):
     assert result["workload"]["records"] == 5000
     for name in ("unitune_cold", "unitune_cached", "unitune_cached_to_training"):
         assert runs[name]["status"] == "ok", (name, runs[name])
-        assert runs[name]["peak_rss_mb"] > 50, (name, runs[name])
+        assert runs[name]["peak_rss_mb"] >= runs[name]["peak_pss_mb"] > 50, (name, runs[name])
     assert runs["unitune_cold"]["from_cache"] is False and runs["unitune_cached"]["from_cache"] is True
     assert runs["unitune_cold"]["records_per_second"] > 0 and runs["unitune_cold"]["examples"] > 4000
     assert runs["unitune_cached"]["seconds"] < runs["unitune_cold"]["seconds"]
