@@ -20,7 +20,8 @@ the alpaca template and the same cutoff, each in its own process, one after the 
   an empty HF datasets cache; llamafactory_cached: its default again on that cache. Built by
   ../shared/peers/llamafactory.sh (skipped with --no-peers or where it cannot be built).
 Reported per run: records/s (records over the data step's seconds, measured inside the process from before
-reading to the tokenized dataset), the process's wall time, and the peak memory of the process with all its
+reading to the tokenized dataset), the process's wall time and CPU time (with its workers': on a machine
+shared with other jobs, wall time stretches and CPU time does not), and the peak memory of the process with all its
 worker processes, sampled every 50 ms: RSS summed (pages a parent shares with its forked workers counted in
 each: an upper bound) and PSS summed (shared pages divided among them: what the job holds). Ratios compare
 runs of this one command only.
@@ -141,20 +142,26 @@ def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> 
     for reader in readers:
         reader.start()
     peak = peak_pss = 0.0
-    while proc.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaped here: its CPU time with its workers'
+        if pid:
+            break
         rss, pss = _tree_memory_mb(proc.pid)
         peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         if time.perf_counter() - started > timeout:
             proc.kill()
         time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     for reader in readers:
         reader.join()
     wall = time.perf_counter() - started
+    cpu = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
-        return {"status": "failed", "error": (streams["err"].strip().splitlines() or ["?"])[-1], "wall_seconds": wall}
+        return {"status": "failed", "error": (streams["err"].strip().splitlines() or ["?"])[-1], "wall_seconds": wall,
+                "cpu_seconds": cpu}
     lines = [line for line in streams["out"].strip().splitlines() if line.startswith("{")]
-    return {"status": "ok", **(json.loads(lines[-1]) if lines else {}), "wall_seconds": wall, "peak_rss_mb": peak,
-            "peak_pss_mb": peak_pss}
+    return {"status": "ok", **(json.loads(lines[-1]) if lines else {}), "wall_seconds": wall, "cpu_seconds": cpu,
+            "peak_rss_mb": peak, "peak_pss_mb": peak_pss}
 
 
 # ---------------------------------------------------------------- the runs
@@ -294,16 +301,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| run | records/s | data step s | wall s | peak RSS MiB | peak PSS MiB | status |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | records/s | data step s | wall s | CPU s | peak RSS MiB | peak PSS MiB | status |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, run in result["runs"].items():
         if run.get("status") != "ok":
-            lines.append(f"| {name} | | | | | | {run.get('status')}: {run.get('error')} |")
+            lines.append(f"| {name} | | | | | | | {run.get('status')}: {run.get('error')} |")
             continue
         rate = f"{run['records_per_second']:.0f}" if run.get("records_per_second") else ""
         step = f"{run['seconds']:.1f}" if "seconds" in run else f"to training {run['seconds_to_training']:.1f}"
-        lines.append(f"| {name} | {rate} | {step} | {run['wall_seconds']:.1f} | {run['peak_rss_mb']:.0f} | "
-                     f"{run['peak_pss_mb']:.0f} | ok |")
+        lines.append(f"| {name} | {rate} | {step} | {run['wall_seconds']:.1f} | {run['cpu_seconds']:.1f} | "
+                     f"{run['peak_rss_mb']:.0f} | {run['peak_pss_mb']:.0f} | ok |")
     for key, value in result["targets"].items():
         lines.append(f"\n{key}: {value:.2f}")
     return "\n".join(lines)
