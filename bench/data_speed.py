@@ -167,7 +167,7 @@ def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> 
 # ---------------------------------------------------------------- the runs
 UNITUNE = r'''
 import json, sys, time
-import transformers, torch  # imported before the clock starts, as importing llamafactory imports them
+import datasets, transformers, torch  # imported before the clock starts, as importing llamafactory imports them
 from unitune import train as T
 from unitune.dataset_registry import resolve_all
 model_args, data_args, _, train_args = T.parse(sys.argv[1:])
