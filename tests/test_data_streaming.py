@@ -85,4 +85,6 @@ def test_streaming_flags_are_checked_before_the_model_loads(tiny_llama, corpus, 
         T.run(base + ["--val_set_size", "4"])
     with pytest.raises(UnituneError, match="--packing .* --streaming"):
         T.run(base + ["--packing"])
+    with pytest.raises(UnituneError, match="--buffer_size 0: must be at least 1"):
+        T.run(base + ["--buffer_size", "0"])
     assert not (tmp_path / "out").exists()

@@ -211,6 +211,8 @@ def check_streaming(data_args, train_args) -> None:
         return
     if train_args.max_steps <= 0:
         raise UnituneError("--streaming reads the data while training and never knows its length: give --max_steps")
+    if data_args.buffer_size < 1:
+        raise UnituneError(f"--buffer_size {data_args.buffer_size}: must be at least 1")
     for flag, value in (("--val_set_size", data_args.val_set_size), ("--packing", data_args.packing),
                         ("--group_by_length", train_args.group_by_length)):
         if value:
