@@ -47,3 +47,24 @@ def test_serve_speed_quick_measures_batched_and_one_at_a_time_serving(tmp_path):
     assert runs["batched_16"]["largest_batch"] > 1 and runs["one_at_a_time_16"]["largest_batch"] == 1
     assert result["summary"]["speedup_16_clients_batched_vs_one_at_a_time"] > 0
     assert "| batched_16 | 16 |" in proc.stdout
+
+
+def test_data_speed_quick_measures_cold_cached_and_time_to_training(tmp_path):
+    """bench/data_speed.py --quick: unitune's data step cold (tokenized) and cached (a hit), and a cached run's
+    seconds to its first training step, in one JSON (LLaMA-Factory's runs need its side venv: --no-peers)."""
+    out = tmp_path / "data_speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "data_speed.py"), "--quick", "--no-peers", "--out",
+                           str(out), "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert result["workload"]["records"] == 5000
+    for name in ("unitune_cold", "unitune_cached", "unitune_cached_to_training"):
+        assert runs[name]["status"] == "ok", (name, runs[name])
+        assert runs[name]["peak_rss_mb"] >= runs[name]["peak_pss_mb"] > 50, (name, runs[name])
+    assert runs["unitune_cold"]["from_cache"] is False and runs["unitune_cached"]["from_cache"] is True
+    assert runs["unitune_cold"]["records_per_second"] > 0 and runs["unitune_cold"]["examples"] > 4000
+    assert runs["unitune_cached"]["seconds"] < runs["unitune_cold"]["seconds"]
+    assert 0 < result["targets"]["cached_seconds_to_training"] < runs["unitune_cached_to_training"]["wall_seconds"]
+    assert "| unitune_cold |" in proc.stdout

@@ -275,15 +275,20 @@ def test_cutoff_truncates_and_drops_examples_without_response(tokenizer, tmp_pat
     cut = len(p) + 2
     out = D.encode(tokenizer, template, EXPECTED[0], cut, False)
     assert out["input_ids"] == (p + r)[:cut] and sum(x != -100 for x in out["labels"]) == 2
-    long_prompt = dict(EXPECTED[1], instruction="word " * 200)
-    with caplog.at_level(logging.WARNING, logger="unitune.data"):
-        result = D.tokenize([EXPECTED[0], long_prompt, EXPECTED[2]], tokenizer, template, cut, False, tmp_path)
-    assert result.dropped == 1 and len(result.examples) == 2
+    long_prompt = dict(RECORDS[1], instruction="word " * 200)
+    path = write(tmp_path / "cut.jsonl", [RECORDS[0], long_prompt, RECORDS[2]], "jsonl")
+    with caplog.at_level(logging.INFO, logger="unitune.data"):
+        result = D.prepare([path], tokenizer, template, cut, False, tmp_path / "cache")
+    assert result.dropped == 1 and len(result.examples) == 2 and result.records == 3
     assert all(len(e["input_ids"]) <= cut for e in result.examples)
     assert any("dropped 1 of 3 examples" in rec.getMessage() and "--cutoff_len" in rec.getMessage()
                for rec in caplog.records)
     with pytest.raises(UnituneError, match="no trainable example left"):
-        D.tokenize([long_prompt], tokenizer, template, cut, False, tmp_path)
+        D.prepare([write(tmp_path / "long.jsonl", [long_prompt], "jsonl")], tokenizer, template, cut, False,
+                  tmp_path / "cache")
+    entries = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert not [e for e in entries if ".tmp" in e]  # nothing half-written
+    assert [e for e in entries if not e.startswith("records-")] == [result.fingerprint]  # no entry for the error
 
 
 # ---------------------------------------------------------------- validation split
@@ -301,41 +306,96 @@ def test_val_set_size_count_and_fraction_reproducible():
         D.split(examples, 50, seed=1)
 
 
-# ---------------------------------------------------------------- cache
-class CountingEncode:
-    """Wraps tokenizer.encode to count calls; the real encode still does the work."""
-
-    def __init__(self, tokenizer):
-        self.real, self.calls = tokenizer.encode, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.real(*args, **kwargs)
+# ---------------------------------------------------------------- the Arrow pipeline and its cache
+MIXED = [*RECORDS, {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                                      {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Ciao"}]},
+         {"instruction": "word " * 300, "output": "dropped: no response token left"},
+         {"instruction": "Q", "input": "x", "output": "A", "history": [["q0", "a0"]], "system": "Be brief."}]
 
 
-def test_tokenize_cache_hit_and_misses(tokenizer, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
+def corpus(n: int) -> list[dict]:
+    """n records of every shape, deterministic."""
+    return [dict(MIXED[i % len(MIXED)]) if "conversations" in MIXED[i % len(MIXED)]
+            else {**MIXED[i % len(MIXED)], "output": f"{MIXED[i % len(MIXED)]['output']} #{i}"} for i in range(n)]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_pipeline_gives_exactly_the_encoding_of_each_record(tokenizer, tmp_path, num_proc):
+    """The same records through read -> normalize -> encode in `num_proc` processes -> Arrow give exactly the ids
+    and labels that encode() gives record by record, in order, and drop exactly the records it drops."""
+    records = corpus(2500)  # several map batches, so two processes really split the work
+    paths = [write(tmp_path / "a.jsonl", records[:1500], "jsonl"), write(tmp_path / "b.json", records[1500:], "json")]
     template = get_template("alpaca")
-    counter = CountingEncode(tokenizer)
-    monkeypatch.setattr(tokenizer, "encode", counter)
+    result = D.prepare(paths, tokenizer, template, 64, False, tmp_path / "cache", num_proc=num_proc)
+    expected = [e for r in records if (e := D.encode(tokenizer, template, D.normalize(r, "x"), 64, False))]
+    assert result.records == 2500 and result.dropped == 2500 - len(expected) > 0
+    assert len(result.examples) == len(expected)
+    got = result.examples[:]
+    assert got["input_ids"] == [e["input_ids"] for e in expected]
+    assert got["labels"] == [e["labels"] for e in expected]
+    assert got["length"] == [len(e["input_ids"]) for e in expected]
 
-    first = D.tokenize(EXPECTED, tokenizer, template, 64, False, cache)
-    assert not first.from_cache and counter.calls > 0 and len(list(cache.glob("*.npz"))) == 1
 
-    counter.calls = 0
-    second = D.tokenize(EXPECTED, tokenizer, template, 64, False, cache)
-    assert second.from_cache and counter.calls == 0
-    assert second.examples == first.examples and second.fingerprint == first.fingerprint
-    assert second.dropped == first.dropped
+def test_second_identical_run_is_a_cache_hit_that_reads_no_record(tokenizer, tmp_path, monkeypatch, caplog):
+    from unitune.data import dataset
 
+    path = write(tmp_path / "a.jsonl", corpus(60), "jsonl")
+    template = get_template("alpaca")
+    first = D.prepare([path], tokenizer, template, 64, False, tmp_path / "cache")
+    assert not first.from_cache
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a cache hit must not read the records")
+
+    monkeypatch.setattr(dataset, "iter_raw", no_reading)
+    with caplog.at_level(logging.INFO, logger="unitune.data"):
+        second = D.prepare([path], tokenizer, template, 64, False, tmp_path / "cache")
+    assert second.from_cache and second.fingerprint == first.fingerprint
+    assert any("cache hit" in rec.getMessage() and "reading and tokenization skipped" in rec.getMessage()
+               for rec in caplog.records)
+    assert second.examples[:] == first.examples[:] and second.dropped == first.dropped
+    # another --cutoff_len tokenizes again, from the cached records: still nothing read
+    third = D.prepare([path], tokenizer, template, 65, False, tmp_path / "cache")
+    assert not third.from_cache and third.fingerprint != first.fingerprint and third.records == 60
+    import os
+
+    os.utime(path, ns=(1, 1))  # a changed file is read again
+    with pytest.raises(AssertionError, match="must not read"):
+        D.prepare([path], tokenizer, template, 64, False, tmp_path / "cache")
+
+
+def test_cache_key_follows_files_tokenizer_template_and_settings(tokenizer, tmp_path):
+    import os
+
+    path = write(tmp_path / "a.jsonl", RECORDS, "jsonl")
+    template = get_template("alpaca")
+    key = D.dataset.fingerprint
+    base = key([path], tokenizer, template, 64, False, None)
+    assert key([path], tokenizer, template, 64, False, None) == base
     changed = {
-        "cutoff": D.tokenize(EXPECTED, tokenizer, template, 65, False, cache),
-        "template": D.tokenize(EXPECTED, tokenizer, get_template("alpaca_zh"), 64, False, cache),
-        "data": D.tokenize(EXPECTED[:2], tokenizer, template, 64, False, cache),
-        "train_on_inputs": D.tokenize(EXPECTED, tokenizer, template, 64, True, cache),
+        "cutoff": key([path], tokenizer, template, 65, False, None),
+        "template": key([path], tokenizer, get_template("alpaca_zh"), 64, False, None),
+        "train_on_inputs": key([path], tokenizer, template, 64, True, None),
+        "max_samples": key([path], tokenizer, template, 64, False, 2),
+        "files": key([path, path], tokenizer, template, 64, False, None),
     }
-    for what, result in changed.items():
-        assert not result.from_cache, what
-        assert result.fingerprint != first.fingerprint, what
-    assert len(list(cache.glob("*.npz"))) == 5
-    assert not list(cache.glob("*.tmp*"))  # written atomically
+    os.utime(path, ns=(1, 1))  # the same path, modified: a new key, though nothing was read to see it
+    changed["mtime"] = key([path], tokenizer, template, 64, False, None)
+    write(path, RECORDS + RECORDS[:1], "jsonl")
+    changed["size"] = key([path], tokenizer, template, 64, False, None)
+    for what, value in changed.items():
+        assert value != base, what
+    assert len(set(changed.values())) == len(changed)
+
+
+def test_bad_record_in_a_worker_process_is_the_one_line_error(tokenizer, tmp_path):
+    """The second worker meets the bad record; the error is ours, naming file, line and field, and nothing
+    is left in the cache."""
+    records = corpus(3000)
+    records[2400] = {"instruction": "no output here"}
+    path = write(tmp_path / "bad.jsonl", records, "jsonl")
+    with pytest.raises(UnituneError) as err:
+        D.prepare([path], tokenizer, get_template("alpaca"), 64, False, tmp_path / "cache", num_proc=2)
+    assert type(err.value) is UnituneError
+    assert str(err.value) == f"{path}: line 2401: missing field 'output'"
+    assert not (tmp_path / "cache").exists()  # the folder this run made is gone with the half-written entry

@@ -68,6 +68,12 @@ class DataArgs:
                                    "on where the method and the model's attention allow it", aliases=("--neat_packing",))
     max_samples: Optional[int] = flag(None, "use at most this many training records per dataset")
     cache_dir: Optional[str] = flag(None, "tokenized-data cache; default ~/.cache/unitune/tokenized")
+    preprocessing_num_workers: Optional[int] = flag(None, "processes that normalize and tokenize the data "
+                                                    "(datasets map num_proc); default: one per CPU core for "
+                                                    "more than 20000 records, else 1", aliases=("--num_proc",))
+    streaming: bool = flag(False, "read and tokenize while training, never the whole data at once (corpora "
+                           "larger than memory); needs --max_steps")
+    buffer_size: int = flag(16384, "--streaming: examples in the shuffle buffer")
     data_dir: Optional[str] = flag(None, "where registered datasets that unitune does not ship (Alpaca-CoT's, ...) "
                                    "are found and fetched to; default $UNITUNE_DATA_DIR or ~/.cache/unitune/data")
 

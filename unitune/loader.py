@@ -173,6 +173,15 @@ def _load_adapter(model, adapter_dir: str, trainable: bool = False):
     return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable), method
 
 
+def load_tokenizer_and_template(model_args, mode: str = "train") -> tuple[Any, Template]:
+    """The tokenizer and prompt template alone: training tokenizes its data with them before the model loads."""
+    from unitune.chat_templates import resolve as resolve_template
+
+    spec = check_model_args(model_args)
+    tokenizer = load_tokenizer(model_args, spec, padding_side="right" if mode == "train" else "left")
+    return tokenizer, resolve_template(model_args.template, spec.template, tokenizer)
+
+
 def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Loaded:
     """Load tokenizer and model for `mode`:
 
@@ -186,10 +195,7 @@ def load(model_args, mode: str = "infer", peft_args=None, train_args=None) -> Lo
     if mode not in ("train", "infer", "merge"):
         raise ValueError(f"unknown mode {mode!r}")
     spec = check_model_args(model_args)
-    tokenizer = load_tokenizer(model_args, spec, padding_side="right" if mode == "train" else "left")
-    from unitune.chat_templates import resolve as resolve_template
-
-    template = resolve_template(model_args.template, spec.template, tokenizer)
+    tokenizer, template = load_tokenizer_and_template(model_args, mode)
     dtype = resolve_dtype(model_args.compute_dtype, mode)
     quant = None if mode == "merge" else _quantization_config(model_args, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}

@@ -16,21 +16,53 @@ from unitune.errors import UnituneError
 TOLERANCE = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 2e-2, "float16": 1e-2}
 
 
-def pack(examples: list[dict], capacity: int) -> list[dict]:
-    """First-fit decreasing into rows of at most `capacity` tokens; each row keeps its examples' lengths."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+def _lengths(examples) -> list[int]:
+    if isinstance(examples, list):
+        return [len(e["input_ids"]) for e in examples]
+    return list(examples["length"])  # an Arrow dataset keeps every example's length in a column
+
+
+def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the longest first, each into the first row with room. The first row with room is
+    found in a max-tree over the rows' free room, so a million examples take seconds, not hours."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    size = 1
+    while size < max(len(lengths), 1):
+        size *= 2
+    room = [-1] * (2 * size)  # leaves: free room of each row (-1: no row yet); inner nodes: max of children
     rows: list[list[int]] = []
-    free: list[int] = []
     for i in order:
-        size = len(examples[i]["input_ids"])
-        slot = next((r for r, room in enumerate(free) if room >= size), None)
-        if slot is None:
-            rows.append([i])
-            free.append(capacity - size)
+        need = lengths[i]
+        if room[1] >= need:
+            node = 1
+            while node < size:
+                node = 2 * node if room[2 * node] >= need else 2 * node + 1
+            rows[node - size].append(i)
+            free = room[node] - need
         else:
-            rows[slot].append(i)
-            free[slot] -= size
-    return [join([examples[i] for i in members]) for members in rows]
+            node = size + len(rows)
+            rows.append([i])
+            free = capacity - need
+        room[node] = free
+        node //= 2
+        while node and room[node] != max(room[2 * node], room[2 * node + 1]):
+            room[node] = max(room[2 * node], room[2 * node + 1])
+            node //= 2
+    return rows
+
+
+def pack(examples, capacity: int) -> list[dict]:
+    """Packed rows of at most `capacity` tokens (first-fit decreasing); each row keeps its examples' lengths.
+    `examples` is a list of {"input_ids", "labels"} or the Arrow dataset of unitune.data.prepare."""
+    rows = first_fit(_lengths(examples), capacity)
+    if isinstance(examples, list):
+        return [join([examples[i] for i in members]) for members in rows]
+    out = []
+    for members in rows:
+        part = examples[members]  # one read per row from the memory-mapped Arrow files
+        out.append(join([{"input_ids": ids, "labels": labels} for ids, labels in zip(part["input_ids"],
+                                                                                     part["labels"])]))
+    return out
 
 
 def join(parts: list[dict]) -> dict:
@@ -94,7 +126,7 @@ def isolation_error(model, examples: list[dict]) -> float:
 
 def check_isolation(model, examples: list[dict], model_type: str) -> None:
     """Refuse --packing where examples in one row would see each other."""
-    sample = examples[:3]
+    sample = [examples[i] for i in range(min(3, len(examples)))]
     if len(sample) < 2:
         return
     error = isolation_error(model, sample)

@@ -128,13 +128,18 @@ def run(argv: list[str] | None = None) -> dict:
 
         benchmarks = training_options(data_args.eval_benchmarks, data_args.eval_benchmark_dir or data_args.data_dir,
                                       train_args.output_dir)
-    records = D.load_datasets(data_args.data, data_args.max_samples, data_args.data_dir)
+    check_streaming(data_args, train_args)
+    paths = [p for name in data_args.data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
     eval_paths = ([p for name in data_args.eval_data for p in D.resolve_all(name, data_dir=data_args.data_dir)]
                   if data_args.eval_data else D.eval_files(data_args.data))
     eval_records = [r for p in eval_paths for r in D.load_file(p)][: data_args.eval_samples]
+    tokenized = prepare_data(model_args, data_args, train_args, paths)  # before the model: bad data stops here
     setup_logging()  # only now: bad data must leave exactly one error line, no progress lines before it
-    log.info("read %d training records from %s and %d held-out records", len(records),
-             ", ".join(data_args.data), len(eval_records))
+    for record in tokenized.log:
+        logging.getLogger(record.name).handle(record)
+    log.info("%s training records from %s and %d held-out records",
+             "streaming" if data_args.streaming else f"read {tokenized.records}", ", ".join(data_args.data),
+             len(eval_records))
 
     from unitune.loader import load
     from unitune.metrics import score_exact_match
@@ -157,11 +162,10 @@ def run(argv: list[str] | None = None) -> dict:
     set_seed(train_args.seed)  # before the method builds its weights: --seed also fixes their initialization
     loaded = load(model_args, mode="train", peft_args=peft_args, train_args=train_args)
     method = loaded.method or method  # --adapter: the saved adapter's kind decides callbacks and saving
-    with main_process_first():  # one process tokenizes into the cache, the others read it
-        tokenized = D.tokenize(records, loaded.tokenizer, loaded.template, data_args.cutoff_len,
-                               data_args.train_on_inputs, data_args.cache_dir)
     train_set, val_set = D.split(tokenized.examples, data_args.val_set_size, train_args.seed)
-    packing = decide_packing(data_args.packing, method, loaded.model, train_set, model_args.model_type)
+    # a stream is read while training: there is no whole set to pack (--streaming refuses an explicit --packing)
+    packing = not data_args.streaming and decide_packing(data_args.packing, method, loaded.model, train_set,
+                                                         model_args.model_type)
     if packing:
         from unitune.packing import pack
 
@@ -172,7 +176,8 @@ def run(argv: list[str] | None = None) -> dict:
     trainable, total = count_parameters(loaded.model)
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
 
-    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing)
+    trainer = build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing,
+                            data_args.streaming)
     out = Path(train_args.output_dir)
     started = time.time()
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
@@ -225,6 +230,60 @@ def decide_packing(requested: bool | None, method, model, train_set: list, model
     return True
 
 
+def check_streaming(data_args, train_args) -> None:
+    if not data_args.streaming:
+        return
+    if train_args.max_steps <= 0:
+        raise UnituneError("--streaming reads the data while training and never knows its length: give --max_steps")
+    if data_args.buffer_size < 1:
+        raise UnituneError(f"--buffer_size {data_args.buffer_size}: must be at least 1")
+    for flag, value in (("--val_set_size", data_args.val_set_size), ("--packing", data_args.packing),
+                        ("--group_by_length", train_args.group_by_length)):
+        if value:
+            raise UnituneError(f"{flag} needs the whole data set in advance: it cannot be used with --streaming")
+
+
+def prepare_data(model_args, data_args, train_args, paths: list):
+    """The tokenized training data, before the model loads: cached Arrow examples, or a stream. One process
+    tokenizes into the cache, the others then read it; log lines are kept for after the checks."""
+    from unitune import data as D
+    from unitune.loader import load_tokenizer_and_template
+
+    catcher, data_log = _Lines(), logging.getLogger("unitune.data")
+    saved = data_log.level, data_log.propagate
+    data_log.addHandler(catcher)
+    data_log.setLevel(logging.INFO)
+    data_log.propagate = False
+    try:
+        with main_process_first():
+            if not data_args.streaming:  # checked and normalized before torch or a tokenizer is imported
+                D.load_records(paths, data_args.cache_dir, data_args.preprocessing_num_workers, data_args.max_samples)
+            tokenizer, template = load_tokenizer_and_template(model_args, "train")
+            if data_args.streaming:
+                stream = D.stream(paths, tokenizer, template, data_args.cutoff_len, data_args.train_on_inputs,
+                                  data_args.buffer_size, train_args.seed, data_args.max_samples)
+                tokenized = D.Tokenized(stream, 0, 0, False, "")  # counts unknown until it is read
+            else:
+                tokenized = D.prepare(paths, tokenizer, template, data_args.cutoff_len, data_args.train_on_inputs,
+                                      data_args.cache_dir, data_args.preprocessing_num_workers, data_args.max_samples)
+    finally:
+        data_log.removeHandler(catcher)
+        data_log.level, data_log.propagate = saved
+    tokenized.log = catcher.records
+    return tokenized
+
+
+class _Lines(logging.Handler):
+    """Keeps the data module's log lines until logging is set up (after every check has passed)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def run_benchmarks(benchmarks: list, loaded, model_args, max_new_tokens: int, label: str) -> dict:
     """--eval_benchmarks on a model in memory; each writes its report under <output_dir>/eval/<label>/<name>."""
     from unitune.evaluation.cli import evaluate_loaded
@@ -251,7 +310,8 @@ def _length_grouping(arguments_class, on: bool) -> dict:
     return {"group_by_length": True}
 
 
-def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False):
+def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, packing: bool = False,
+                  streaming: bool = False):
     import torch
     from transformers import PrinterCallback, TrainingArguments
 
@@ -262,7 +322,7 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
 
     world = world_size()
     per_step = train_args.per_gpu_train_batch_size * train_args.gradient_accumulation_steps * world
-    steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
+    steps_per_epoch = 1 if streaming else max(1, math.ceil(len(train_set) / per_step))
     total_steps = train_args.max_steps if train_args.max_steps > 0 else math.ceil(train_args.epochs * steps_per_epoch)
     if train_args.report_to == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")  # no hub or wandb.ai is reachable from here
@@ -291,6 +351,9 @@ def build_trainer(loaded, method, peft_args, train_args, train_set, val_set, pac
         # without a GPU, torchrun's processes are a gloo group that accelerate only forms when told "cpu"
         use_cpu=not torch.cuda.is_available(), ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
         deepspeed=train_args.deepspeed,
+        # a stream's batches differ in length: each process reads its own share instead of rank 0 padding and
+        # sending them all; a resumed run skips the batches it trained on, so the stream continues in place
+        **({"accelerator_config": {"dispatch_batches": False}} if streaming else {}),
     )
     callbacks = [ProgressBar(), *method.callbacks(peft_args, total_steps)]
     collator = (PackedCollator if packing else Collator)(loaded.tokenizer.pad_token_id)
