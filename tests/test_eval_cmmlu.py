@@ -98,3 +98,27 @@ def test_changed_settings_never_reuse_answers(tmp_path, tiny_model):
                   "--output_dir", str(tmp_path / "out")])
     assert first["predictions"] != second["predictions"]
     assert len(list((tmp_path / "out" / "predictions").glob("*.jsonl"))) == 2
+
+
+def test_the_key_names_the_template_actually_used(tiny_model):
+    """--model_type auto names no template: the key records the one the loader resolves (not ""), and a
+    changed --template changes the key, so its answers are never reused."""
+    from unitune.evaluation.answerers import LocalAnswerer
+    from unitune.evaluation.cli import parse
+    from unitune.evaluation.predict import run_key
+    from unitune.loader import load
+
+    model = str(tiny_model("llama"))
+    questions = [{"id": "q", "prompt": "p", "answer": "A"}]
+    keys, names = [], []
+    for extra in ([], ["--template", "alpaca"], ["--template", "vicuna"]):
+        _, model_args, gen_args = parse(["ie", "--model_type", "auto", "--model_name_or_path", model, *extra])
+        answerer = LocalAnswerer(model_args, gen_args)
+        identity = answerer.identity()
+        assert answerer._loaded is None  # the key is known before anything loads
+        names.append(identity["template"])
+        keys.append(run_key("ie", "generate", questions, identity))
+        if not extra:
+            assert identity["template"] == load(model_args, mode="infer").template.name != ""
+    assert names[1:] == ["alpaca", "vicuna"] and keys[1] != keys[2]
+    assert (keys[0] == keys[1]) == (names[0] == "alpaca")  # auto resolving to alpaca is the alpaca run

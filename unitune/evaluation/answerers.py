@@ -26,13 +26,30 @@ class LocalAnswerer:
         self.spec = check_model_args(model_args)  # a bad flag fails here, before anything loads
         self.gen_kwargs = gen_args.generate_kwargs()
         self._loaded = loaded  # a model already in memory (training's base or tuned model), else loaded on use
+        self._template = None
+
+    @property
+    def template(self):
+        """The template the answers are prompted with: the loaded model's, else resolved from the tokenizer alone
+        (`--model_type auto` names none: the tokenizer's chat template or alpaca), without loading the model."""
+        if self._loaded is not None:
+            return self._loaded.template
+        if self._template is None:
+            from unitune.chat_templates import resolve
+            from unitune.loader import load_tokenizer
+
+            tokenizer = load_tokenizer(self.model_args, self.spec, padding_side="left")
+            self._template = resolve(self.model_args.template, self.spec.template, tokenizer)
+        return self._template
 
     def identity(self) -> dict:
         from unitune.evaluation.predict import fingerprint_dir
 
+        template = self.template
         return {"kind": "local", "model_type": self.spec.name, "model": fingerprint_dir(self.model_args.base_path),
                 "adapter": fingerprint_dir(self.model_args.adapter),
-                "template": self.model_args.template or self.spec.template,
+                # the name and what it renders: an edited template file or chat template is a changed setting
+                "template": template.name, "template_renders": template.prompt_for("{instruction}", "{input}"),
                 "quantization_bit": self.model_args.quantization_bit, "dtype": self.model_args.compute_dtype,
                 "decoding": self.gen_kwargs, "max_new_tokens": self.gen_args.max_new_tokens}
 
@@ -45,7 +62,7 @@ class LocalAnswerer:
         return self._loaded
 
     def prompts(self, questions: list[dict]) -> list[str]:
-        template = self.loaded.template
+        template = self.template
         return [template.prompt_for(q["prompt"], q.get("input", "")) for q in questions]
 
     def generate(self, questions: list[dict]) -> list[str]:
