@@ -43,21 +43,40 @@ def test_logits_over_the_real_dev_split(tmp_path):
 
 
 @needs_cmmlu
-def test_batched_logits_choose_what_one_at_a_time_chooses():
+@pytest.mark.parametrize("n_shot", [0, 5])
+def test_batched_logits_equal_one_question_a_forward_pass(n_shot):
+    """Whole prompts batched (0-shot) and a shared 5-shot prefix run once with its cache reused for batches of
+    the rest give the logits of one question a forward pass over its whole prompt."""
     from types import SimpleNamespace
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unitune.evaluation import mcq
-    from unitune.evaluation.answerers import choose_by_logits
+    from unitune.evaluation.answerers import choose_by_logits, letter_logits, prefix_groups
     from unitune.paths import embedded_base
 
-    opts = SimpleNamespace(benchmark="cmmlu", data_dir=str(CMMLU), split="dev", n_shot=0, subjects=FEW)
+    opts = SimpleNamespace(benchmark="cmmlu", data_dir=str(CMMLU), split="dev", n_shot=n_shot, subjects=FEW)
     prompts = [q["prompt"] for q in mcq.questions(opts)]
     tokenizer = AutoTokenizer.from_pretrained(embedded_base())
     model = AutoModelForCausalLM.from_pretrained(embedded_base()).eval()
-    assert choose_by_logits(model, tokenizer, prompts, batch_size=16) == \
-        choose_by_logits(model, tokenizer, prompts, batch_size=1)
+    groups = prefix_groups(tokenizer(prompts)["input_ids"])
+    assert any(len(members) > 1 for _, members in groups) == (n_shot > 0)  # the shared path is what runs
+    one = letter_logits(model, tokenizer, prompts, batch_size=1, share_prefix=False)
+    batched = letter_logits(model, tokenizer, prompts, batch_size=16)
+    assert (batched - one).abs().max() < 1e-4
+    assert choose_by_logits(model, tokenizer, prompts, batch_size=16) == ["ABCD"[i] for i in one.argmax(-1)]
+
+
+def test_prefix_groups_by_hand():
+    from unitune.evaluation.answerers import MIN_SHARED, prefix_groups
+
+    head = list(range(100, 100 + 2 * MIN_SHARED))
+    encoded = [head + [1, 2], [7] * 40, head + [3], head + [1, 9, 9], head[:MIN_SHARED - 1] + [5] * 30]
+    groups = prefix_groups(encoded)
+    assert any(n == len(head) and sorted(ms) == [0, 2, 3] for n, ms in groups)  # the longest common prefix
+    assert sorted(m for _, ms in groups for m in ms) == [0, 1, 2, 3, 4]  # every prompt scored once
+    assert all(n <= len(encoded[i]) - 1 for n, ms in groups for i in ms)  # each keeps a token of its own
+    assert [ms for _, ms in groups if 1 in ms] == [[1]] and [ms for _, ms in groups if 4 in ms] == [[4]]
 
 
 @needs_cmmlu
