@@ -2,7 +2,8 @@
 
 Both answer a list of questions (`generate`: the question is the user's instruction, prompted through the
 model's template like every front-end); the local one also scores the next-token logits of the option
-letters (`choose`, batched, on the raw prompt as the published harnesses do for base models).
+letters (`choose`, on the raw prompt as the published harnesses do for base models): batched, and a prefix
+the prompts share (a subject's instruction and few-shot examples) runs once, its cache reused.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def letter_logits(model, tokenizer, prompts: list[str], letters: str = "ABCD", b
             if len(members) > 1:
                 rest = sorted(members, key=lambda i: -len(encoded[i]))
                 cache = _prefix_cache(model, encoded[rest[0]][:shared], cache_arg, accepts, device)
+                cache.batch_repeat_interleave(min(batch_size, len(rest)))  # one copy per row, kept for the group
                 for start in range(0, len(rest), batch_size):
                     idx = rest[start:start + batch_size]
                     out[idx] = _suffix_batch(model, tokenizer, cache, shared, [encoded[i][shared:] for i in idx],
@@ -164,34 +166,34 @@ def _whole_batch(model, tokenizer, batch: list[list[int]], accepts: set, device)
     return model(input_ids=enc["input_ids"], attention_mask=mask, use_cache=False, **extra).logits[:, -1].float().cpu()
 
 
-def _prefix_cache(model, prefix: list[int], cache_arg: str, accepts: set, device) -> list:
+def _prefix_cache(model, prefix: list[int], cache_arg: str, accepts: set, device):
     import torch
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
     extra = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
     model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **{cache_arg: cache}, **extra)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return cache
 
 
-def _suffix_batch(model, tokenizer, prefix_kv: list, shared: int, batch: list[list[int]], cache_arg: str,
-                  accepts: set, device):
+def _suffix_batch(model, tokenizer, cache, shared: int, batch: list[list[int]], cache_arg: str, accepts: set,
+                  device):
     """The rest of each prompt after the shared prefix, right-padded (a causal model's real tokens never see
-    the padding after them), at positions shared, shared + 1, ...; logits at each one's last real token."""
+    the padding after them), at positions shared, shared + 1, ...; logits at each one's last real token.
+    `cache` holds the prefix once per row; the forward appends to it and the rests are cropped off again."""
     import torch
-    from transformers import DynamicCache
 
     width, pad = max(len(b) for b in batch), tokenizer.pad_token_id
+    if cache.layers[0].keys.shape[0] > len(batch):  # the group's last, smaller batch
+        cache.batch_select_indices(torch.arange(len(batch), device=device))
     input_ids = torch.tensor([b + [pad] * (width - len(b)) for b in batch], device=device)
     mask = torch.tensor([[1] * (shared + len(b)) + [0] * (width - len(b)) for b in batch], device=device)
     positions = torch.arange(shared, shared + width, device=device).expand(len(batch), -1)
-    cache = DynamicCache(config=model.config)
-    for layer, (keys, values) in enumerate(prefix_kv):  # update copies: the prefix stays for the next batch
-        cache.update(keys.expand(len(batch), -1, -1, -1), values.expand(len(batch), -1, -1, -1), layer)
     last = torch.tensor([[len(b) - 1] for b in batch], device=device)
     extra = {"logits_to_keep": last} if "logits_to_keep" in accepts else {}
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                    **{cache_arg: cache}, **extra).logits
+    cache.crop(-width)  # back to the prefix (a view: the next forward's append is the only copy)
     logits = logits[:, 0] if extra else logits[torch.arange(len(batch)), last[:, 0]]
     return logits.float().cpu()
 
