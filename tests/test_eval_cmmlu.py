@@ -141,3 +141,24 @@ def test_the_key_names_the_template_actually_used(tiny_model):
             assert identity["template"] == load(model_args, mode="infer").template.name != ""
     assert names[1:] == ["alpaca", "vicuna"] and keys[1] != keys[2]
     assert (keys[0] == keys[1]) == (names[0] == "alpaca")  # auto resolving to alpaca is the alpaca run
+
+
+def test_shared_prefix_under_a_lora_adapter_and_not_under_prefix_tuning():
+    """A LoRA model shares the prefix cache and gives the whole-prompt logits; a prefix-tuning adapter fills the
+    cache itself, so its prompts run whole (and still agree)."""
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unitune.evaluation.answerers import _forward_kwargs, letter_logits
+    from unitune.paths import embedded_base
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base())
+    head = "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n" + "题目：例子\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案是：A\n\n" * 3
+    prompts = [head + f"题目：问题{i}{'长' * i}\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案是：" for i in range(7)]
+    configs = {True: LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+               False: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)}
+    for shareable, config in configs.items():
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(embedded_base()), config).eval()
+        assert _forward_kwargs(model)[2] is shareable
+        one = letter_logits(model, tokenizer, prompts, batch_size=1, share_prefix=False)
+        assert (letter_logits(model, tokenizer, prompts, batch_size=4) - one).abs().max() < 1e-4
