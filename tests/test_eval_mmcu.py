@@ -54,7 +54,7 @@ def test_reproduces_the_published_table_of_seven_models(tmp_path):
 
 @pytest.mark.parametrize("text, letters", [
     ("B", "B"), ("ABD", "ABD"), ("A、B、D", "ABD"), ("A,C", "AC"), ("A.B.D", "ABD"), ("A. B", "A"), ("A；B", "A"),
-    ("正确答案的序号是：C", "C"), ("我认为答案是B，因为题干说明了", "B"), ("AAB", None), ("ABCDA", "ABCD"),  # the harness: findall([ABCD]{1,4})
+    ("正确答案的序号是：C", "C"), ("我认为答案是B，因为题干说明了", "B"), ("AAB", None), ("ABCDA", "ABCD"),  # findall([ABCD]{1,4})
     ("AAB 然后 C", "C"), ("未成功回答", None), ("", None), (None, None), ("BACD", "BACD"),
 ])
 def test_mmcu_extraction(text, letters):
