@@ -110,14 +110,17 @@ def prefix_groups(encoded: list[list[int]]) -> list[tuple[int, list[int]]]:
 
 def _forward_kwargs(model) -> tuple[set, str | None, bool]:
     """What the forward accepts, the name of its cache argument, and whether a prefix cache may be shared:
-    transformers' own model code (a remote model's cache handling varies), not a prompt-learning adapter
-    (which fills the cache itself)."""
+    transformers' own model code (a remote model's cache handling varies), no sliding-window attention, not a
+    prompt-learning adapter (which fills the cache itself)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel passes them on
     params = inspect.signature(base.forward).parameters
     accepts = set(params)
     cache_arg = "cache" if "cache" in accepts else ("past_key_values" if "past_key_values" in accepts else None)
     prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
-    shareable = cache_arg is not None and type(base).__module__.startswith("transformers.") and not prompt_learning
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    shareable = (cache_arg is not None and type(base).__module__.startswith("transformers.") and not prompt_learning
+                 and not sliding)  # a sliding-window cache drops the prefix it would share
     return accepts, cache_arg, shareable
 
 
