@@ -68,3 +68,25 @@ def test_data_speed_quick_measures_cold_cached_and_time_to_training(tmp_path):
     assert runs["unitune_cached"]["seconds"] < runs["unitune_cold"]["seconds"]
     assert 0 < result["targets"]["cached_seconds_to_training"] < runs["unitune_cached_to_training"]["wall_seconds"]
     assert "| unitune_cold |" in proc.stdout
+
+
+SHARED_CMMLU = REPO.parent / "shared" / "data" / "cmmlu" / "dev"
+
+
+def test_eval_logits_speed_quick(tmp_path):
+    """bench/eval_logits_speed.py at its reduced size: every path timed, the same letters and logits as one
+    question a forward pass (the ratio itself is measured, not asserted: it depends on the machine's load)."""
+    import pytest
+
+    if not SHARED_CMMLU.is_dir():
+        pytest.skip("../shared/data/cmmlu (CMMLU dev split) is absent")
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "eval_logits_speed.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["questions"] == 12 and all(result["same_letters"].values())
+    assert set(result["seconds"]) == {"one at a time", "whole, batched", "shared, single", "shared, batched"}
+    assert all(t > 0 for t in result["seconds"].values()) and result["speedup"] > 0
+    assert "speed-up of batched scoring over one question at a time" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_reproduces_the_published_table_of_seven_models(tmp_path):
 
 @pytest.mark.parametrize("text, letters", [
     ("B", "B"), ("ABD", "ABD"), ("A、B、D", "ABD"), ("A,C", "AC"), ("A.B.D", "ABD"), ("A. B", "A"), ("A；B", "A"),
-    ("正确答案的序号是：C", "C"), ("我认为答案是B，因为题干说明了", "B"), ("AAB", None), ("ABCDA", None),
+    ("正确答案的序号是：C", "C"), ("我认为答案是B，因为题干说明了", "B"), ("AAB", None), ("ABCDA", "ABCD"),  # findall([ABCD]{1,4})
     ("AAB 然后 C", "C"), ("未成功回答", None), ("", None), (None, None), ("BACD", "BACD"),
 ])
 def test_mmcu_extraction(text, letters):
@@ -85,27 +86,57 @@ def test_mmcu_means_subjects_then_domains():
     assert result["overall"] == pytest.approx((0.5 + 0.5 + 0.0 + 0.75) / 4)
 
 
-def test_mmcu_reads_alpaca_cot_json_and_xlsx(tmp_path):
+def _book(path, sheets):
     import openpyxl
 
-    data = tmp_path / "mmcu"
-    data.mkdir()
-    (data / "法律.json").write_text(json.dumps([{"类别": "法律", "题目": "问题一", "选项": ["A. 甲", "B. 乙"],
-                                                 "答案": "B"}], ensure_ascii=False), encoding="utf-8")
     book = openpyxl.Workbook()
-    book.active.title = "药理学200题"
-    book.active.append(["题目", "A", "B", "C", "D", "正确答案"])
-    book.active.append(["问题二", "甲", "乙", "丙", "丁", "AC"])
-    sheet = book.create_sheet("解剖学22题")
-    sheet.append(["题目", "A", "B", "C", "D", "正确答案"])
-    sheet.append(["问题三", "甲", "乙", "丙", "丁", "D"])
-    book.save(data / "医学.xlsx")
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    book.save(path)
+
+
+def test_mmcu_reads_the_official_xlsx_layout_and_alpaca_cot_json(tmp_path):
+    """The layout MMCU's own harness reads (TestChatGLM.py): test/ and dev/ workbooks, 医疗.xlsx a sheet per
+    subject with shots from dev/医疗.xlsx's first sheet, columns by position under an unused header row, option
+    letter marks stripped, full-width answers normalized; plus Alpaca-CoT's JSON."""
+    head = ["ignored", "x1", "x2", "x3", "x4", "x5"]  # the harness never reads the header's names
+    data = tmp_path / "mmcu"
+    _book(data / "test" / "医疗.xlsx", {"药理学200题": [head, ["问题二", "A、甲", "B.乙", "丙", "丁", "Ａ C"]],
+                                         "解剖学22题": [head, ["问题三", "甲", "乙", "丙", "丁", "D"]]})
+    _book(data / "dev" / "医疗.xlsx", {"药理学": [head, ["例题一", "甲", "乙", "丙", "丁", "B"]],
+                                        "other": [head, ["不用的例题", "甲", "乙", "丙", "丁", "C"]]})
+    _book(data / "test" / "教育_数学.xlsx", {"Sheet1": [["q", "a", "b", "answer"], ["一加一", "2", "3", "A"]]})
+    (data / "test" / "法律.json").write_text(json.dumps([{"类别": "法律", "题目": "问题一", "选项": ["A. 甲", "B. 乙"],
+                                                          "答案": "B"}], ensure_ascii=False), encoding="utf-8")
     items = mmcu.read_dir(data)
     assert [(i["subject"], i["domain"], i["answer"]) for i in items] == [
-        ("药理学200题", "medicine", "AC"), ("解剖学22题", "medicine", "D"), ("法律", "law", "B")]
-    prompt = mmcu.build_prompt(items[0]["question"], items[0]["options"])
-    assert prompt.startswith("请阅读以下选择题并给出正确选项，不要解释原因。请只给出答案的序号。")
-    assert "问题二" in prompt and "C. 丙" in prompt and prompt.endswith("正确答案的序号是：")
+        ("药理学200题", "medicine", "AC"), ("解剖学22题", "medicine", "D"), ("教育_数学", "education", "A"),
+        ("法律", "law", "B")]
+    assert items[0]["options"] == ["A. 甲", "B. 乙", "C. 丙", "D. 丁"] and items[2]["options"] == ["A. 2", "B. 3"]
+    opts = SimpleNamespace(data_dir=str(data), n_shot=5)
+    prompts = {q["subject"]: q["prompt"] for q in mmcu.questions(opts)}
+    instruction = "请阅读以下选择题并给出正确选项，不要解释原因。请只给出答案的序号。\n"
+    shot = "例题一\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n正确答案的序号是： B\n\n"
+    assert prompts["药理学200题"] == instruction + shot + "问题二\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n正确答案的序号是："
+    assert prompts["解剖学22题"].startswith(instruction + shot)  # every medicine sheet: the first dev sheet
+    assert "不用的例题" not in "".join(prompts.values())
+    assert prompts["教育_数学"] == instruction + "一加一\nA. 2\nB. 3\n正确答案的序号是："  # no dev file: zero-shot
+
+
+def test_mmcu_xlsx_problems_name_the_file_and_sheet(tmp_path):
+    from unitune.errors import UnituneError
+
+    _book(tmp_path / "test" / "法律.xlsx", {"Sheet1": [["q", "a"], ["问题", "A"]]})
+    with pytest.raises(UnituneError, match=r"法律.xlsx: sheet 'Sheet1': 2 columns"):
+        mmcu.read_dir(tmp_path)
+    _book(tmp_path / "test" / "法律.xlsx", {"Sheet1": [["q", "a", "b", "c"], ["问题", "甲", "乙", "A"],
+                                                          ["问题", "甲", "乙", None]]})
+    with pytest.raises(UnituneError, match=r"法律.xlsx: sheet 'Sheet1': row 3: .*answer"):
+        mmcu.read_dir(tmp_path)
 
 
 def test_mmcu_bad_predictions_name_file_line_and_field(tmp_path):

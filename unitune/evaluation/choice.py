@@ -13,7 +13,11 @@ import re
 
 LETTERS = "ABCD"
 _MMCU_DROP = re.compile(r"[、.,;，]")
-_MMCU_RUN = re.compile(r"[A-D]+")
+# Felixgithub2017/MMCU TestBloomz.py find_valid_substrings: re.findall(r'[ABCD]{1,4}') (so `ABCDA` yields
+# `ABCD` then `A`), keep those without a repeated letter, take the first
+_MMCU_RUN = re.compile(r"[ABCD]{1,4}")
+# the same file's label clean-up: spaces, ideographic spaces and commas out, full-width letters to ASCII
+_MMCU_LABEL = str.maketrans({" ": None, "\u3000": None, ",": None, "Ａ": "A", "Ｂ": "B", "Ｃ": "C", "Ｄ": "D"})
 
 
 def mmcu_extract(text: str | None) -> str | None:
@@ -21,14 +25,14 @@ def mmcu_extract(text: str | None) -> str | None:
     if not text:
         return None
     for run in _MMCU_RUN.findall(_MMCU_DROP.sub("", text)):
-        if len(run) <= 4 and len(set(run)) == len(run):
+        if len(set(run)) == len(run):
             return run
     return None
 
 
 def mmcu_answer(answer: str | None) -> str:
-    """The reference letters as published (a stray line break or space around them is no part of them)."""
-    return (answer or "").strip()
+    """The reference letters as MMCU's harness compares them (`Ａ Ｃ` is `AC`; a stray line break is no part)."""
+    return (answer or "").translate(_MMCU_LABEL).strip()
 
 
 # (pattern, group) pairs tried in order; the first match wins

@@ -1,8 +1,9 @@
 """MMCU (Felixgithub2017/MMCU): medicine, law, psychology and education multiple choice, some questions with
 several right letters.
 
-Data (`--data_dir`): the official layout, one xlsx per subject (medicine: one workbook with a sheet per
-subject), or Alpaca-CoT's JSON (`[{类别, 题目, 选项, 答案}]`, one file per subject). The domain of a subject
+Data (`--data_dir`): the official layout, `test/<subject>.xlsx` and `dev/<subject>.xlsx` (medicine: one
+workbook `医疗.xlsx` with a sheet per subject; columns by position, see read_dir), or Alpaca-CoT's JSON
+(`[{类别, 题目, 选项, 答案}]`, one file per subject). The domain of a subject
 follows the official file names: medicine subjects end in `题`, `教育_<subject>` are education, `法律` law and
 `心理` psychology (a workbook or JSON file elsewhere is placed by its name containing 医/法/心理/教育).
 
@@ -47,8 +48,9 @@ def domain_of(name: str) -> str | None:
 
 def build_prompt(question: str, options: list[str], shots: list[dict] = ()) -> str:
     spec = definition()
-    body = "".join(spec["question"].format(question=s["question"], options="\n".join(s["options"])) + s["answer"]
-                   + "\n\n" for s in shots)
+    # a shot ends `正确答案的序号是： {answer}\n\n` (format_example's include_answer, with its space)
+    body = "".join(spec["question"].format(question=s["question"], options="\n".join(s["options"])) + " "
+                   + s["answer"] + "\n\n" for s in shots)
     return spec["instruction"] + body + spec["question"].format(question=question, options="\n".join(options))
 
 
@@ -72,47 +74,73 @@ def _json_items(path: Path) -> list[dict]:
     return items
 
 
-def _sheet_items(path: Path, sheet) -> list[dict]:
+# The official layout, as the harness in Felixgithub2017/MMCU (TestChatGLM.py / TestBloomz.py main and
+# format_example) reads it: `<data_dir>/test/<subject>.xlsx` and `<data_dir>/dev/<subject>.xlsx`; the
+# medicine workbook `医疗.xlsx` holds one sheet per subject (`传染病学339题`, ...) and its dev shots come from
+# the first sheet of `dev/医疗.xlsx`; every other workbook is read from its first sheet. Columns are read by
+# position under a header row whose names the harness never uses: the question first, the answer last, the
+# options between (at most four, lettered A-D).
+MULTI_SHEET = "医疗"
+_OPTION_MARKS = [" ．", "A、", "B、", "C、", "D、", "A.", "B.", "C.", "D.", "A", "B", "C", "D", "Ａ、", "Ｂ、", "Ｃ、",
+                 "Ｄ、"]
+
+
+def option_text(cell) -> str:
+    """An option cell as format_example prints it: its letter marks removed, in the harness's order (which also
+    drops every bare A-D inside the text, as the published prompts did); a non-text cell is printed as is."""
+    if not isinstance(cell, str):
+        return str(cell)
+    for mark in _OPTION_MARKS:
+        cell = cell.replace(mark, "")
+    return cell.strip()
+
+
+def _sheet_items(path: Path, sheet, subject: str) -> list[dict]:
     rows = [list(r) for r in sheet.iter_rows(values_only=True)]
-    rows = [r for r in rows if any(c not in (None, "") for c in r)]
-    if not rows:
-        return []
-    header = [str(c or "").strip() for c in rows[0]]
-    q = next((i for i, h in enumerate(header) if "题" in h or h.lower() == "question"), None)
-    a = next((i for i, h in enumerate(header) if "答案" in h or h.lower() == "answer"), None)
-    letters = [next((i for i, h in enumerate(header) if h.upper().strip(".、") == x), None) for x in "ABCD"]
-    if q is None or a is None or None in letters:
-        raise UnituneError(f"{path}: sheet '{sheet.title}': expected columns 题目, A, B, C, D and 答案, "
-                           f"found {', '.join(h for h in header if h)}")
+    rows = [r for r in rows if any(c not in (None, "") for c in r)][1:]  # the header row (pandas header=0)
+    width = max((max((i for i, c in enumerate(r) if c not in (None, "")), default=-1) + 1 for r in rows), default=0)
+    if rows and not 3 <= width <= 6:
+        raise UnituneError(f"{path}: sheet '{sheet.title}': {width} columns; an MMCU sheet has the question, "
+                           f"2-4 options and the answer, in that order")
     items = []
-    for row in rows[1:]:
-        options = [f"{x}. {row[i]}" for x, i in zip("ABCD", letters) if i < len(row) and row[i] not in (None, "")]
-        items.append({"question": str(row[q]), "options": options, "answer": str(row[a] or "").strip(),
-                      "subject": sheet.title})
+    for lineno, row in enumerate(rows, start=2):
+        row = row + [None] * (width - len(row))
+        if row[0] in (None, "") or row[width - 1] in (None, ""):
+            raise UnituneError(f"{path}: sheet '{sheet.title}': row {lineno}: the question (first column) or the "
+                               f"answer (last column) is empty")
+        # an empty option cell is left out (the harness would print pandas' `nan` for it)
+        options = [f"{x}. {option_text(c)}" for x, c in zip("ABCD", row[1:width - 1]) if c not in (None, "")]
+        items.append({"question": str(row[0]), "options": options, "answer": mmcu_answer(str(row[width - 1])),
+                      "subject": subject})
     return items
 
 
-def read_dir(data_dir: Path) -> list[dict]:
-    """Every question of a folder of MMCU xlsx workbooks and / or Alpaca-CoT JSON files."""
+def _xlsx_items(path: Path, first_sheet_only: bool = False) -> list[dict]:
+    import openpyxl
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as err:  # openpyxl raises several kinds for a file that is not a workbook
+        raise UnituneError(f"{path}: not an xlsx workbook ({err})") from None
+    if path.stem == MULTI_SHEET and not first_sheet_only:
+        return [item for sheet in book.worksheets for item in _sheet_items(path, sheet, sheet.title)]
+    return _sheet_items(path, book.worksheets[0], path.stem)
+
+
+def read_dir(data_dir: Path, dev: bool = False) -> list[dict]:
+    """Every question of a folder of MMCU xlsx workbooks and / or Alpaca-CoT JSON files (`<data_dir>/test`
+    where it exists). Each item also names its `file` (the stem dev shots are matched by)."""
     if not data_dir.is_dir():
         raise UnituneError(f"--data_dir {data_dir}: no such folder (MMCU xlsx or Alpaca-CoT JSON files)")
-    files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in (".xlsx", ".json"))
+    folder = data_dir / "test" if (data_dir / "test").is_dir() and not dev else data_dir
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".xlsx", ".json"))
     if not files:
-        raise UnituneError(f"--data_dir {data_dir}: no .xlsx or .json files")
+        raise UnituneError(f"--data_dir {data_dir}: no .xlsx or .json files in {folder}")
     items: list[dict] = []
     for path in files:
-        if path.suffix.lower() == ".json":
-            found = _json_items(path)
-        else:
-            import openpyxl
-
-            book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-            found = []
-            for sheet in book.worksheets:
-                for item in _sheet_items(path, sheet):
-                    item["subject"] = sheet.title if len(book.worksheets) > 1 else path.stem
-                    found.append(item)
+        found = _json_items(path) if path.suffix.lower() == ".json" else _xlsx_items(path, first_sheet_only=dev)
         for item in found:
+            item["file"] = path.stem
             item["domain"] = domain_of(item["subject"]) or domain_of(path.stem)
             if item["domain"] is None:
                 raise UnituneError(f"{path}: subject '{item['subject']}': cannot tell its domain "
@@ -133,11 +161,11 @@ def questions(opts) -> list[dict]:
         dev = Path(opts.data_dir) / "dev"
         if not dev.is_dir():
             raise UnituneError(f"--n_shot {opts.n_shot}: {dev} (the dev questions shots are taken from) is missing")
-        for item in read_dir(dev):
-            shots.setdefault(item["subject"], []).append(item)
+        for item in read_dir(dev, dev=True):  # the harness: dev/<file>.xlsx, first sheet, first n rows
+            shots.setdefault(item["file"], []).append(item)
     out = []
     for i, item in enumerate(items):
-        prompt = build_prompt(item["question"], item["options"], shots.get(item["subject"], [])[: opts.n_shot])
+        prompt = build_prompt(item["question"], item["options"], shots.get(item["file"], [])[: opts.n_shot])
         out.append({"id": f"mmcu-{i}", "prompt": prompt, "answer": item["answer"], "subject": item["subject"],
                     "domain": item["domain"]})
     return out
