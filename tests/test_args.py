@@ -90,7 +90,7 @@ def test_every_preset_applies_and_cli_overrides_it():
             assert merged[key] == value, f"peft/{name}.yaml {key}"
         assert merged["peft_type"] == name
     lora = read_preset("lora")
-    assert (lora["lora_r"], lora["lora_alpha"], lora["lora_dropout"]) == (8, 16, 0.05)
+    assert (lora["lora_r"], lora["lora_alpha"], lora["lora_dropout"]) == (8, 16, 0.0)
     assert parse(["--peft_type", "lora", "--lora_r", "64"])[2].lora_r == 64
 
 

@@ -84,7 +84,7 @@ class PeftArgs:
                           aliases=("--finetuning_type",))
     lora_r: int = flag(8, "LoRA rank")
     lora_alpha: float = flag(16, "LoRA scaling numerator")
-    lora_dropout: float = flag(0.05, "dropout on the LoRA input")
+    lora_dropout: float = flag(0.0, "dropout on the LoRA input (Alpaca-CoT used 0.05)")
     lora_target_modules: Optional[list] = flag(None, "module names LoRA wraps; default: the model type's",
                                                aliases=("--lora_target",), nargs="+")
     use_dora: bool = flag(False, "weight-decomposed LoRA (DoRA)")
