@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from unitune import train as T  # noqa: E402
 from unitune.errors import UnituneError  # noqa: E402
-from unitune.packing import PackedCollator, isolation_error, join, pack  # noqa: E402
+from unitune.packing import PackedCollator, PackedRows, isolation_error, join, pack  # noqa: E402
 
 RECORDS = [{"instruction": f"Add {i} and {i * 3 + 1}." + " Think step by step." * (i % 4), "input": "",
             "output": f"{i} + {i * 3 + 1} = {4 * i + 1}. Answer: {4 * i + 1}"} for i in range(16)]
@@ -193,4 +193,5 @@ def test_first_fit_tree_places_like_the_plain_scan_and_arrow_rows_equal_list_row
             free[slot] -= lengths[i]
     assert first_fit(lengths, 128) == rows
     arrow = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
-    assert pack(arrow, 256) == pack(examples, 256)
+    lazy = pack(arrow, 256)  # joined when read: no Python lists of every row's tokens up front
+    assert isinstance(lazy, PackedRows) and [lazy[i] for i in range(len(lazy))] == pack(examples, 256)

@@ -51,18 +51,29 @@ def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def pack(examples, capacity: int) -> list[dict]:
+def pack(examples, capacity: int):
     """Packed rows of at most `capacity` tokens (first-fit decreasing); each row keeps its examples' lengths.
-    `examples` is a list of {"input_ids", "labels"} or the Arrow dataset of unitune.data.prepare."""
-    rows = first_fit(_lengths(examples), capacity)
+    `examples` is a list of {"input_ids", "labels"} (rows returned as a list) or the Arrow dataset of
+    unitune.data.prepare (rows returned as PackedRows, joined when read)."""
+    plan = first_fit(_lengths(examples), capacity)
     if isinstance(examples, list):
-        return [join([examples[i] for i in members]) for members in rows]
-    out = []
-    for members in rows:
-        part = examples[members]  # one read per row from the memory-mapped Arrow files
-        out.append(join([{"input_ids": ids, "labels": labels} for ids, labels in zip(part["input_ids"],
-                                                                                     part["labels"])]))
-    return out
+        return [join([examples[i] for i in members]) for members in plan]
+    return PackedRows(examples, plan)
+
+
+class PackedRows:
+    """Rows of an Arrow dataset, packed as `plan` says and joined only when the Trainer reads one: the plan
+    is a list of example indices per row, so a million examples never sit in Python lists of tokens."""
+
+    def __init__(self, examples, plan: list[list[int]]):
+        self.examples, self.plan = examples, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> dict:
+        part = self.examples[self.plan[index]]  # one read per row from the memory-mapped Arrow files
+        return join([{"input_ids": ids, "labels": labels} for ids, labels in zip(part["input_ids"], part["labels"])])
 
 
 def join(parts: list[dict]) -> dict:
