@@ -291,11 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python bench/data_speed.py" + (" --quick" if args.quick else "")
                          + (f" --records {args.records}" if args.records else "") + (" --no-peers" if args.no_peers else ""),
               "targets": targets, "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    from unitune.evaluation.records import write_atomic
+
+    write_atomic(Path(args.out), json.dumps(result, indent=2))
     print(table(result))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

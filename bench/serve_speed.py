@@ -187,11 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
               "runs": runs,
               "summary": {"speedup_16_clients_batched_vs_one_at_a_time": speedup, "rounds_speedup": paired,
                           "target": TARGET, "met": speedup is not None and speedup >= TARGET}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    from unitune.evaluation.records import write_atomic
+
+    write_atomic(Path(args.out), json.dumps(result, indent=2))
     print(table(result))
     return result
 

@@ -321,11 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python bench/train_speed.py" + (" --quick" if args.quick else "")
                          + (" --peers" if args.peers else ""),
               "runs": runs, "ratios": ratios(runs)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    from unitune.evaluation.records import write_atomic
+
+    write_atomic(Path(args.out), json.dumps(result, indent=2))
     print(table(result))
     for name, value in result["ratios"].items():
         print(f"{name}: {value:.2f}")

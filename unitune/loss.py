@@ -42,5 +42,4 @@ def labelled_rows_loss(model, head, inputs: dict, num_items_in_batch=None):
     total = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
     if num_items_in_batch is None:
         return total / max(count, 1)
-    return total / num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) \
-        else total / num_items_in_batch
+    return total / num_items_in_batch  # an int, or a 0-dim tensor (it divides on any device)
