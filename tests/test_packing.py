@@ -170,28 +170,32 @@ def test_group_by_length_batches_similar_lengths(llama, tmp_path):
     assert sum(grouped) < sum(seen), (grouped, seen)
 
 
-def test_first_fit_tree_places_like_the_plain_scan_and_arrow_rows_equal_list_rows(examples):
-    """The max-tree finds the same first row with room as scanning every row; the Arrow dataset that
+def test_best_fit_packs_every_example_once_as_tightly_as_first_fit_and_arrow_rows_equal_list_rows(examples):
+    """best_fit places every example exactly once, within the row's capacity, into at most one row more than
+    first-fit decreasing scanning every row, and within 1% of the token count's lower bound; the Arrow dataset that
     unitune.data.prepare gives packs into exactly the rows of the same examples as a list."""
+    import math
     import random
 
     from datasets import Dataset
 
-    from unitune.packing import first_fit
+    from unitune.packing import best_fit
 
     rng = random.Random(0)
-    lengths = [rng.randint(1, 120) for _ in range(3000)]
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # first-fit decreasing, row by row
-        slot = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
-        if slot is None:
-            rows.append([i])
-            free.append(128 - lengths[i])
-        else:
-            rows[slot].append(i)
-            free[slot] -= lengths[i]
-    assert first_fit(lengths, 128) == rows
+    for capacity, longest in ((128, 120), (128, 40), (64, 3)):
+        lengths = [rng.randint(1, longest) for _ in range(3000)]
+        free: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # first-fit decreasing, row by row
+            slot = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
+            if slot is None:
+                free.append(capacity - lengths[i])
+            else:
+                free[slot] -= lengths[i]
+        rows = best_fit(lengths, capacity)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert max(sum(lengths[i] for i in row) for row in rows) <= capacity
+        bound = math.ceil(sum(lengths) / capacity)
+        assert bound <= len(rows) <= min(len(free) + 1, 1.01 * bound + 1), (len(rows), len(free), bound)
     arrow = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
     lazy = pack(arrow, 256)  # joined when read: no Python lists of every row's tokens up front
     assert isinstance(lazy, PackedRows) and [lazy[i] for i in range(len(lazy))] == pack(examples, 256)

@@ -19,43 +19,56 @@ TOLERANCE = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 2e-2, "float16": 1e-2
 def _lengths(examples) -> list[int]:
     if isinstance(examples, list):
         return [len(e["input_ids"]) for e in examples]
-    return list(examples["length"])  # an Arrow dataset keeps every example's length in a column
+    # an Arrow dataset keeps every example's length in a column: read at once (respecting a select's indices)
+    return examples.select_columns(["length"]).with_format("numpy")[:]["length"].tolist()
 
 
-def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: the longest first, each into the first row with room. The first row with room is
-    found in a max-tree over the rows' free room, so a million examples take seconds, not hours."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    size = 1
-    while size < max(len(lengths), 1):
-        size *= 2
-    room = [-1] * (2 * size)  # leaves: free room of each row (-1: no row yet); inner nodes: max of children
+def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing, the examples of one length placed together: the longest first, each pass over the
+    rows (kept in buckets by free room) gives one example to every row that holds it, least room first; where
+    none has room, new rows are filled with as many as fit. The work is the number of examples plus (distinct
+    lengths x capacity x passes), so a million examples take about a second."""
+    import numpy as np
+
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
     rows: list[list[int]] = []
-    for i in order:
-        need = lengths[i]
-        if room[1] >= need:
-            node = 1
-            while node < size:
-                node = 2 * node if room[2 * node] >= need else 2 * node + 1
-            rows[node - size].append(i)
-            free = room[node] - need
-        else:
-            node = size + len(rows)
-            rows.append([i])
-            free = capacity - need
-        room[node] = free
-        node //= 2
-        while node and room[node] != max(room[2 * node], room[2 * node + 1]):
-            room[node] = max(room[2 * node], room[2 * node + 1])
-            node //= 2
+    by_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # free room -> rows with exactly that room
+    at = 0
+    while at < len(order):
+        need = lengths[order[at]]
+        if need > capacity:
+            raise UnituneError(f"packing: an example of {need} tokens is longer than a row of {capacity}")
+        end = at
+        while end < len(order) and lengths[order[end]] == need:
+            end += 1
+        while at < end:
+            placed = False
+            for room in range(max(need, 1), capacity + 1):
+                bucket = by_room[room]
+                if bucket:
+                    take = min(len(bucket), end - at)
+                    chosen, by_room[room] = bucket[:take], bucket[take:]
+                    for row, index in zip(chosen, order[at:at + take]):
+                        rows[row].append(index)
+                    by_room[room - need].extend(chosen)
+                    at, placed = at + take, True
+                    if at == end:
+                        break
+            if not placed:  # no row has room: new rows, each filled with as many as fit
+                per_row = capacity // max(need, 1)
+                while at < end:
+                    members = order[at:at + per_row]
+                    by_room[capacity - need * len(members)].append(len(rows))
+                    rows.append(members)
+                    at += len(members)
     return rows
 
 
 def pack(examples, capacity: int):
-    """Packed rows of at most `capacity` tokens (first-fit decreasing); each row keeps its examples' lengths.
+    """Packed rows of at most `capacity` tokens (best-fit decreasing); each row keeps its examples' lengths.
     `examples` is a list of {"input_ids", "labels"} (rows returned as a list) or the Arrow dataset of
     unitune.data.prepare (rows returned as PackedRows, joined when read)."""
-    plan = first_fit(_lengths(examples), capacity)
+    plan = best_fit(_lengths(examples), capacity)
     if isinstance(examples, list):
         return [join([examples[i] for i in members]) for members in plan]
     return PackedRows(examples, plan)

@@ -27,8 +27,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """tokenizer.encode(text, add_special_tokens=True) of every text. The standard fast tokenizers take the
-    batch in one call; a tokenizer with an encode of its own (remote code) is called text by text."""
+    """tokenizer.encode(text, add_special_tokens=True) of every text. A standard fast tokenizer takes the batch
+    in one call of its Rust backend, without the character offsets the transformers call also computes (the
+    tokenizer's own call on the first text sets the backend as it tokenizes, and must agree); a tokenizer with
+    an encode of its own (remote code) is called text by text."""
     from transformers import PreTrainedTokenizerBase
 
     kind = type(tokenizer)
@@ -36,8 +38,15 @@ def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
         and kind.__call__ is PreTrainedTokenizerBase.__call__
     if not batched or len(texts) < 2:
         return [tokenizer.encode(text, add_special_tokens=True) for text in texts]
-    return tokenizer(texts, add_special_tokens=True, return_attention_mask=False,
-                     return_token_type_ids=False)["input_ids"]
+    first = tokenizer(texts[:1], add_special_tokens=True, return_attention_mask=False,
+                      return_token_type_ids=False)["input_ids"][0]
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers >= 0.21: no offsets
+    ids = [encoding.ids for encoding in encode(texts, add_special_tokens=True)]
+    if ids[0] != first:  # a backend set up differently from the tokenizer's own call: take the slow road
+        return tokenizer(texts, add_special_tokens=True, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"]
+    return ids
 
 
 def encode_batch(tokenizer, template, records: list[dict], cutoff_len: int,
