@@ -319,6 +319,16 @@ def corpus(n: int) -> list[dict]:
             else {**MIXED[i % len(MIXED)], "output": f"{MIXED[i % len(MIXED)]['output']} #{i}"} for i in range(n)]
 
 
+def test_batch_token_ids_are_the_tokenizers_own_encode(tokenizer):
+    """The encoding takes a batch's ids from the Rust backend's offset-free call: they are exactly what
+    tokenizer.encode gives text by text (bos, special tokens written in the text, unicode, empty text)."""
+    from unitune.data.encoding import _token_ids
+
+    texts = [f"{r['instruction']}\n{r['output']}" for r in RECORDS] + [
+        "", f"{tokenizer.eos_token} inside {tokenizer.eos_token}", "  two  spaces\t\ttabs\n\n", "émoji 🙂 中文"]
+    assert _token_ids(tokenizer, texts) == [tokenizer.encode(t, add_special_tokens=True) for t in texts]
+
+
 @pytest.mark.parametrize("num_proc", [1, 2])
 def test_pipeline_gives_exactly_the_encoding_of_each_record(tokenizer, tmp_path, num_proc):
     """The same records through read -> normalize -> encode in `num_proc` processes -> Arrow give exactly the ids
