@@ -13,7 +13,7 @@ the alpaca template and the same cutoff, each in its own process, one after the 
   core for more than 20k records);
 - unitune_cached: the same again: a cache hit;
 - unitune_cached_to_training: uniform_finetune.py --max_steps 1 on that cache: seconds from the command's start
-  until its first training step (its wall time minus the Trainer's train_runtime, an upper bound);
+  until training starts (the training progress bar's first line on its stderr, timed as it is written);
 - llamafactory_default / llamafactory_num_proc_<cores>: LLaMA-Factory's own data step (what its run_sft calls
   before loading the model: load_tokenizer, get_template_and_fix_tokenizer, get_dataset) with its default
   preprocessing_num_workers (None: one process) and with as many processes as unitune's default uses, each into
@@ -131,13 +131,25 @@ def _tree_memory_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, pss / 1024
 
 
-def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> dict:
-    """Run one measurement alone: its status, last stdout line (JSON), wall seconds and peak tree RSS."""
+TRAINING_STARTS = b"training:   0%"  # the progress bar's first line: the Trainer's on_train_begin
+
+
+def measure(argv: list[str], env: dict | None = None, timeout: float = 7200, marker: bytes | None = None) -> dict:
+    """Run one measurement alone: its status, last stdout line (JSON), wall seconds and peak tree RSS; with
+    `marker`, also the seconds from the start until it first appears on stderr (`seconds_to_marker`)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                             env={**os.environ, **(env or {})})
-    streams = {"out": "", "err": ""}
-    readers = [threading.Thread(target=lambda k=k, f=f: streams.__setitem__(k, f.read()), daemon=True)
+    streams = {"out": b"", "err": b""}
+    seen: dict[str, float] = {}
+
+    def read(key: str, stream) -> None:  # chunk by chunk, as the child writes, so the marker's time is exact
+        while chunk := os.read(stream.fileno(), 65536):
+            streams[key] += chunk
+            if marker and key == "err" and "marker" not in seen and marker in streams[key][-len(chunk) - 64:]:
+                seen["marker"] = time.perf_counter() - started
+
+    readers = [threading.Thread(target=read, args=(k, f), daemon=True)
                for k, f in (("out", proc.stdout), ("err", proc.stderr))]
     for reader in readers:
         reader.start()
@@ -156,12 +168,16 @@ def measure(argv: list[str], env: dict | None = None, timeout: float = 7200) -> 
         reader.join()
     wall = time.perf_counter() - started
     cpu = usage.ru_utime + usage.ru_stime
+    out, err = (streams[k].decode(errors="replace") for k in ("out", "err"))
     if proc.returncode != 0:
-        return {"status": "failed", "error": (streams["err"].strip().splitlines() or ["?"])[-1], "wall_seconds": wall,
+        return {"status": "failed", "error": (err.strip().splitlines() or ["?"])[-1], "wall_seconds": wall,
                 "cpu_seconds": cpu}
-    lines = [line for line in streams["out"].strip().splitlines() if line.startswith("{")]
+    if marker and "marker" not in seen:
+        return {"status": "failed", "error": f"{marker.decode()!r} never appeared on stderr", "wall_seconds": wall,
+                "cpu_seconds": cpu}
+    lines = [line for line in out.strip().splitlines() if line.startswith("{")]
     return {"status": "ok", **(json.loads(lines[-1]) if lines else {}), "wall_seconds": wall, "cpu_seconds": cpu,
-            "peak_rss_mb": peak, "peak_pss_mb": peak_pss}
+            "peak_rss_mb": peak, "peak_pss_mb": peak_pss, **({"seconds_to_marker": seen["marker"]} if marker else {})}
 
 
 # ---------------------------------------------------------------- the runs
@@ -209,10 +225,10 @@ def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int) -> 
         if runs[name].get("status") == "ok" and runs[name]["from_cache"] is not hit:
             runs[name] = {"status": "failed", "error": f"from_cache is {runs[name]['from_cache']}, expected {hit}"}
     train = measure([sys.executable, str(ROOT / "uniform_finetune.py"), *flags, "--max_steps", "1",
-                     "--per_gpu_train_batch_size", "2", "--logging_steps", "1", "--eval_samples", "0"])
+                     "--per_gpu_train_batch_size", "2", "--logging_steps", "1", "--eval_samples", "0"],
+                    marker=TRAINING_STARTS)
     if train["status"] == "ok":
-        final = [json.loads(line) for line in (work / "unitune-out" / "loss_log.jsonl").read_text().splitlines()][-1]
-        train["seconds_to_training"] = train["wall_seconds"] - final["train_runtime"]
+        train["seconds_to_training"] = train.pop("seconds_to_marker")
     runs["unitune_cached_to_training"] = train
     return runs
 

@@ -59,6 +59,36 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model, 
     assert two.stderr.count("cache hit") == 1  # the other process read the cache
 
 
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed beside this python")
+def test_streamed_run_under_torchrun_trains_on_the_stream_like_one_process(tiny_model, tmp_path):
+    """--streaming with 2 processes: the stream is read once (the main process reads it and hands each process
+    its part of every global batch) and the per-step losses are those of one process with the same global
+    batch; one adapter, one log, and no tokenized cache (nothing is read ahead)."""
+    model = tiny_model("llama")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS * 4))
+    stream = ["--streaming", "--buffer_size", "8"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    one = _train([sys.executable], model, data, tmp_path / "one", *stream)
+    two = _train([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port())], model, data,
+                 tmp_path / "two", *stream)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def logged(out: Path) -> list[tuple[float, int]]:
+        rows = map(json.loads, (out / "loss_log.jsonl").read_text().splitlines())
+        return [(h["loss"], h["num_input_tokens_seen"]) for h in rows if "loss" in h]
+
+    assert len(logged(tmp_path / "one")) == len(logged(tmp_path / "two")) == 3
+    for (loss_one, seen_one), (loss_two, seen_two) in zip(logged(tmp_path / "one"), logged(tmp_path / "two")):
+        assert abs(loss_one - loss_two) < 1e-3 and seen_one == seen_two
+    assert sorted(p.name for p in (tmp_path / "two").glob("adapter_*")) == ["adapter_config.json",
+                                                                            "adapter_model.safetensors"]
+    assert two.stdout.count("adapter saved to") == 1
+    assert not (tmp_path / "cache-two").exists()
+
+
 def test_deepspeed_and_fsdp_are_refused_on_a_cpu_machine_before_loading(tmp_path, monkeypatch):
     from unitune import train as T
     from unitune.errors import UnituneError

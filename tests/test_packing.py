@@ -199,3 +199,6 @@ def test_best_fit_packs_every_example_once_as_tightly_as_first_fit_and_arrow_row
     arrow = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
     lazy = pack(arrow, 256)  # joined when read: no Python lists of every row's tokens up front
     assert isinstance(lazy, PackedRows) and [lazy[i] for i in range(len(lazy))] == pack(examples, 256)
+    chosen = list(range(len(examples)))[::-2]  # a split's rows: an index mapping over the Arrow table
+    part = pack(arrow.select(chosen), 256)
+    assert [part[i] for i in range(len(part))] == pack([examples[i] for i in chosen], 256)

@@ -19,8 +19,12 @@ TOLERANCE = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 2e-2, "float16": 1e-2
 def _lengths(examples) -> list[int]:
     if isinstance(examples, list):
         return [len(e["input_ids"]) for e in examples]
-    # an Arrow dataset keeps every example's length in a column: read at once (respecting a select's indices)
-    return examples.select_columns(["length"]).with_format("numpy")[:]["length"].tolist()
+    # an Arrow dataset keeps every example's length in a column, read at once from the table, through a split's
+    # (select's) index mapping where there is one (datasets' own row access takes seconds per million)
+    if not hasattr(examples, "_indices"):  # a datasets version without it: its own row access
+        return examples.select_columns(["length"]).with_format("numpy")[:]["length"].tolist()
+    column, mapping = examples.data.column("length"), examples._indices
+    return (column if mapping is None else column.take(mapping.column(0))).to_pylist()
 
 
 def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
