@@ -14,6 +14,8 @@ the alpaca template and the same cutoff, each in its own process, one after the 
 - unitune_cached: the same again: a cache hit;
 - unitune_cached_to_training: uniform_finetune.py --max_steps 1 on that cache: seconds from the command's start
   until training starts (the training progress bar's first line on its stderr, timed as it is written);
+- unitune_imports_only: a process that only imports what a training run imports (torch, transformers, peft
+  with bitsandbytes, datasets): the part of unitune_cached_to_training no data or cache can shorten;
 - llamafactory_default / llamafactory_num_proc_<cores>: LLaMA-Factory's own data step (what its run_sft calls
   before loading the model: load_tokenizer, get_template_and_fix_tokenizer, get_dataset) with its default
   preprocessing_num_workers (None: one process) and with as many processes as unitune's default uses, each into
@@ -230,6 +232,14 @@ def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int) -> 
     if train["status"] == "ok":
         train["seconds_to_training"] = train.pop("seconds_to_marker")
     runs["unitune_cached_to_training"] = train
+    # what every run pays before it can start, whatever its data: importing what training imports
+    script = ("import sys, datasets, peft, unitune.train\n"
+              "from transformers import Trainer\nsys.stderr.write('imported\\n'); sys.stderr.flush()")
+    imports = measure([sys.executable, "-c", script],
+                      env={"PYTHONPATH": str(ROOT)}, marker=b"imported")
+    if imports["status"] == "ok":
+        imports["seconds_to_training"] = imports.pop("seconds_to_marker")
+    runs["unitune_imports_only"] = imports
     return runs
 
 

@@ -79,17 +79,28 @@ def pack(examples, capacity: int):
 
 
 class PackedRows:
-    """Rows of an Arrow dataset, packed as `plan` says and joined only when the Trainer reads one: the plan
-    is a list of example indices per row, so a million examples never sit in Python lists of tokens."""
+    """Rows of an Arrow dataset, packed as `plan` says and joined only when the Trainer reads one. The plan is
+    kept as two integer arrays (every row's example indices one after another, and where each row starts), so
+    a million examples sit neither in Python lists of tokens nor in a list per row (which the garbage
+    collector would walk at every full collection)."""
 
     def __init__(self, examples, plan: list[list[int]]):
-        self.examples, self.plan = examples, plan
+        import numpy as np
+
+        self.examples = examples
+        self.members = np.fromiter((i for row in plan for i in row), dtype=np.int64, count=sum(map(len, plan)))
+        self.starts = np.zeros(len(plan) + 1, dtype=np.int64)
+        np.cumsum([len(row) for row in plan], out=self.starts[1:])
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.starts) - 1
 
     def __getitem__(self, index: int) -> dict:
-        part = self.examples[self.plan[index]]  # one read per row from the memory-mapped Arrow files
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        members = self.members[self.starts[index]:self.starts[index + 1]].tolist()
+        part = self.examples[members]  # one read per row from the memory-mapped Arrow files
         return join([{"input_ids": ids, "labels": labels} for ids, labels in zip(part["input_ids"], part["labels"])])
 
 
