@@ -261,3 +261,29 @@ def test_other_settings_never_get_earlier_answers(llama, lora_adapter, tmp_path)
     assert swapped.returncode == 2 and "--adapter: none then" not in swapped.stderr
     assert "--adapter" in swapped.stderr and "none now" in swapped.stderr, swapped.stderr
     assert lora_out.read_text(encoding="utf-8") == before
+
+
+def test_an_edited_template_or_the_template_auto_resolves_is_a_changed_setting(llama, tmp_path):
+    """_settings records the template the run prompts with, by name and by digest: answers written before a
+    template file was edited are refused (naming --template), and `--model_type auto` records what it resolved
+    to, not an empty name."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from unitune.templates import get_template
+
+    args = SimpleNamespace(base_path=llama, adapter=None, quantization_bit=None, compute_dtype="auto")
+    gen = SimpleNamespace(decoding="greedy", generate_kwargs=dict, max_new_tokens=4)
+    alpaca = get_template("alpaca")
+    edited = dataclasses.replace(alpaca, system=alpaca.system + " Be brief.")
+    then, now = predict.settings(args, gen, alpaca), predict.settings(args, gen, edited)
+    assert then["template"] == now["template"] == "alpaca" and then != now
+    assert predict.changed_setting(then, now).startswith("--template: alpaca renders prompts differently now")
+
+    data = _write_jsonl(tmp_path / "q.jsonl", [{"instruction": "Add 1 and 2."}])
+    out = tmp_path / "answers.jsonl"
+    first = _cli(tmp_path, "--model_name_or_path", llama, "--model_type", "auto", "--data", str(data),
+                 "--max_new_tokens", "2", "--output", str(out))
+    assert first.returncode == 0, first.stderr
+    written = _read_jsonl(out)[0]["_settings"]
+    assert written["template"] and written["template_digest"], written

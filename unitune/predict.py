@@ -102,17 +102,17 @@ def read_input(data: str, max_samples: int | None, data_dir: str | None = None
 
 # what an answer depends on besides its record, with the flag that sets it (in the order a change is named)
 SETTING_FLAGS = {"model": "--model_name_or_path", "adapter": "--adapter", "template": "--template",
-                 "decoding": "--decoding", "generate_kwargs": None, "max_new_tokens": "--max_new_tokens",
+                 "template_digest": "--template", "decoding": "--decoding", "generate_kwargs": None, "max_new_tokens": "--max_new_tokens",
                  "quantization_bit": "--quantization_bit", "compute_dtype": "--compute_dtype"}
 
 
-def settings(model_args, gen_args) -> dict:
-    """The `_settings` of every output line: another model, adapter, template or decoding answers differently."""
-    from unitune.models import get_model_spec
-
+def settings(model_args, gen_args, template) -> dict:
+    """The `_settings` of every output line: another model, adapter, template or decoding answers differently.
+    `template` is the one the run prompts with (resolved: `--model_type auto` names none), recorded by name and
+    by digest, so an edited template file or chat template is a changed setting too."""
     return {"model": str(Path(model_args.base_path).resolve()),
             "adapter": str(Path(model_args.adapter).resolve()) if model_args.adapter else None,
-            "template": model_args.template or get_model_spec(model_args.model_type).template,
+            "template": template.name, "template_digest": template.digest(),
             "decoding": gen_args.decoding, "generate_kwargs": gen_args.generate_kwargs(),
             "max_new_tokens": gen_args.max_new_tokens, "quantization_bit": model_args.quantization_bit,
             "compute_dtype": model_args.compute_dtype}
@@ -124,6 +124,9 @@ def changed_setting(then: dict, now: dict) -> str:
         old, new = then.get(key), now.get(key)
         if old == new:
             continue
+        if key == "template_digest":
+            return f"--template: {now.get('template')} renders prompts differently now (its file or the tokenizer's " \
+                   f"chat template changed)"
         if key == "generate_kwargs":  # a decoding flag given one by one (--num_beams 4 ...)
             old, new = old if isinstance(old, dict) else {}, new or {}
             name = next(k for k in sorted({*old, *new}) if old.get(k) != new.get(k))
@@ -192,11 +195,11 @@ def batch_predict(model_args, gen_args, predict_args) -> dict:
     from tqdm.auto import tqdm
 
     from unitune.generation import generate_batch
-    from unitune.loader import check_model_args, load
+    from unitune.loader import check_model_args, load, load_tokenizer_and_template
 
     check_model_args(model_args)  # before reading a large file
     gen_kwargs = gen_args.generate_kwargs()
-    current = settings(model_args, gen_args)
+    current = settings(model_args, gen_args, load_tokenizer_and_template(model_args, "infer")[1])
     data_path, raws, records = read_input(predict_args.data, predict_args.max_samples, predict_args.data_dir)
     output = Path(predict_args.output) if predict_args.output else default_output(predict_args.data, model_args)
     if output.resolve() == data_path.resolve():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +58,11 @@ class Template:
         fields = {k: v for k, v in self.__dict__.items() if k != "tokenizer"}
         fields["chat_template"] = getattr(getattr(self, "tokenizer", None), "chat_template", None)
         return json.dumps(fields, sort_keys=True, ensure_ascii=False)
+
+    def digest(self) -> str:
+        """A short hash of fingerprint(): what answers written with this template are keyed by, so an edited
+        template file or chat template never gets answers it did not prompt."""
+        return hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16]
 
     def prompt_for(self, instruction: str, input: str = "", history: list | None = None,
                    system: str | None = None) -> str:

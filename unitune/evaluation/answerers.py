@@ -49,8 +49,8 @@ class LocalAnswerer:
         template = self.template
         return {"kind": "local", "model_type": self.spec.name, "model": fingerprint_dir(self.model_args.base_path),
                 "adapter": fingerprint_dir(self.model_args.adapter),
-                # the name and what it renders: an edited template file or chat template is a changed setting
-                "template": template.name, "template_renders": template.prompt_for("{instruction}", "{input}"),
+                # the name and its digest: an edited template file or chat template is a changed setting
+                "template": template.name, "template_digest": template.digest(),
                 "quantization_bit": self.model_args.quantization_bit, "dtype": self.model_args.compute_dtype,
                 "decoding": self.gen_kwargs, "max_new_tokens": self.gen_args.max_new_tokens}
 
