@@ -50,24 +50,28 @@ TARGET = 4.0
 
 
 @contextmanager
-def web_server(flags: list[str], threads: int, log_file: Path, startup_s: float = 300):
-    """web.py on a free loopback port until the block ends; yields its URL once /health answers."""
+def web_server(flags: list[str], env: dict[str, str], log_path: Path | None = None, startup_s: float = 300):
+    """web.py with `flags` on a free loopback port until the block ends; yields its URL once /health answers.
+    Its output goes to `log_path` (else a temporary file); a server that exits or is not up in `startup_s`
+    raises with the end of that output. tests/test_web.py starts its servers through this too."""
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "web.py"), "--port", str(port), "--max_queue", "64",
-                                 *flags], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           **env}
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "web.py"), "--port", str(port), *flags], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + startup_s
             while True:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"web.py did not come up: {log_file.read_text()[-2000:]}")
+                    log.seek(0)
+                    raise RuntimeError(f"web.py did not come up (exit {proc.poll()}):\n"
+                                       f"{log.read().decode(errors='replace')[-3000:]}")
                 try:
                     if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
                         break
@@ -164,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, dict] = {}
     try:
         with ExitStack() as stack:
-            urls = {server: stack.enter_context(web_server(flags, args.threads, logs / f"{server}.log"))
+            urls = {server: stack.enter_context(web_server(["--max_queue", "64", *flags],
+                                                           {"OMP_NUM_THREADS": str(args.threads)},
+                                                           logs / f"{server}.log"))
                     for server, flags in SERVERS.items()}
             for _ in range(size["rounds"]):
                 for name in names:

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,38 +46,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(model_dir: Path, *flags: str, startup_s: float = 120):
-    """Run web.py until the block ends; yields its base URL once /health answers."""
-    import httpx
+    """Run web.py until the block ends; yields its base URL once /health answers (bench/serve_speed.py's
+    launcher: one way to start a server and wait for it)."""
+    from bench.serve_speed import web_server
 
-    port = free_port()
     # one thread each: the CPU is shared and a tiny model only slows down with more
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, str(REPO / "web.py"), "--model_name_or_path", str(model_dir),
-                             "--port", str(port), *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"web.py did not come up (exit {proc.poll()}):\n{log.read().decode()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with web_server(["--model_name_or_path", str(model_dir), *flags], threads, startup_s=startup_s) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
