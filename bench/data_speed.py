@@ -9,16 +9,17 @@ Every run prepares the same file (generated deterministically: instruction, opti
 Alpaca's mean lengths) with the same tokenizer (a BPE trained on the records, beside a tiny llama config),
 the alpaca template and the same cutoff, each in its own process, one after the other:
 - unitune_cold: the training flow's data step (unitune.train.prepare_data: read, check and normalize, load the
-  tokenizer, encode), into an empty cache, with unitune's default --preprocessing_num_workers (one process per
-  core for more than 20k records);
+  tokenizer, encode), into an empty cache, with unitune's default (one process, the Rust tokenizer's threads);
 - unitune_cached: the same again: a cache hit;
+- unitune_num_proc_<cores>: unitune_cold with --preprocessing_num_workers <cores> (datasets' worker processes)
+  into another empty cache;
 - unitune_cached_to_training: uniform_finetune.py --max_steps 1 on that cache: seconds from the command's start
   until training starts (the training progress bar's first line on its stderr, timed as it is written);
 - unitune_imports_only: a process that only imports what a training run imports (torch, transformers, peft
   with bitsandbytes, datasets): the part of unitune_cached_to_training no data or cache can shorten;
 - llamafactory_default / llamafactory_num_proc_<cores>: LLaMA-Factory's own data step (what its run_sft calls
   before loading the model: load_tokenizer, get_template_and_fix_tokenizer, get_dataset) with its default
-  preprocessing_num_workers (None: one process) and with as many processes as unitune's default uses, each into
+  preprocessing_num_workers (None: one process) and with one process per core, each into
   an empty HF datasets cache; llamafactory_cached: its default again on that cache. Built by
   ../shared/peers/llamafactory.sh (skipped with --no-peers or where it cannot be built).
 Reported per run: records/s (records over the data step's seconds, measured inside the process from before
@@ -212,7 +213,7 @@ print(json.dumps({"seconds": seconds, "examples": len(module["train_dataset"])})
 '''
 
 
-def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int) -> dict:
+def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int, processes: int) -> dict:
     cache = work / "unitune-cache"
     flags = ["--model_name_or_path", str(model_dir), "--data", str(data_file), "--cutoff_len", str(CUTOFF),
              "--template", "alpaca", "--cache_dir", str(cache), "--output_dir", str(work / "unitune-out"),
@@ -222,7 +223,13 @@ def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int) -> 
         runs[name] = measure([sys.executable, "-c", UNITUNE, *flags], env={"PYTHONPATH": str(ROOT)})
         if runs[name]["status"] == "ok":
             runs[name]["records"] = records
-    expected = {"unitune_cold": False, "unitune_cached": True}
+    # datasets' worker processes instead of the default's one process with the tokenizer's threads
+    name = f"unitune_num_proc_{processes}"
+    workers = ["--cache_dir", str(work / "unitune-cache-workers"), "--preprocessing_num_workers", str(processes)]
+    runs[name] = measure([sys.executable, "-c", UNITUNE, *flags, *workers], env={"PYTHONPATH": str(ROOT)})
+    if runs[name]["status"] == "ok":
+        runs[name]["records"] = records
+    expected = {"unitune_cold": False, "unitune_cached": True, name: False}
     for name, hit in expected.items():
         if runs[name].get("status") == "ok" and runs[name]["from_cache"] is not hit:
             runs[name] = {"status": "failed", "error": f"from_cache is {runs[name]['from_cache']}, expected {hit}"}
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     generated = time.perf_counter() - started
     model_dir = build_model(work, data_file)
     processes = os.cpu_count() or 1
-    runs = unitune_runs(model_dir, data_file, work, count)
+    runs = unitune_runs(model_dir, data_file, work, count, processes)
     if not args.no_peers:
         runs.update(llamafactory_runs(model_dir, data_file, work, count, processes))
     for run in runs.values():

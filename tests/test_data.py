@@ -329,10 +329,11 @@ def test_batch_token_ids_are_the_tokenizers_own_encode(tokenizer):
     assert _token_ids(tokenizer, texts) == [tokenizer.encode(t, add_special_tokens=True) for t in texts]
 
 
-@pytest.mark.parametrize("num_proc", [1, 2])
+@pytest.mark.parametrize("num_proc", [None, 1, 2])
 def test_pipeline_gives_exactly_the_encoding_of_each_record(tokenizer, tmp_path, num_proc):
-    """The same records through read -> normalize -> encode in `num_proc` processes -> Arrow give exactly the ids
-    and labels that encode() gives record by record, in order, and drop exactly the records it drops."""
+    """The same records through read -> normalize -> encode -> Arrow give exactly the ids and labels that
+    encode() gives record by record, in order, and drop exactly the records it drops: in this process with the
+    tokenizer on its own thread (the default, None, and 1) and in `num_proc` worker processes."""
     records = corpus(2500)  # several map batches, so two processes really split the work
     paths = [write(tmp_path / "a.jsonl", records[:1500], "jsonl"), write(tmp_path / "b.json", records[1500:], "json")]
     template = get_template("alpaca")
@@ -398,14 +399,15 @@ def test_cache_key_follows_files_tokenizer_template_and_settings(tokenizer, tmp_
     assert len(set(changed.values())) == len(changed)
 
 
-def test_bad_record_in_a_worker_process_is_the_one_line_error(tokenizer, tmp_path):
-    """The second worker meets the bad record; the error is ours, naming file, line and field, and nothing
-    is left in the cache."""
-    records = corpus(3000)
-    records[2400] = {"instruction": "no output here"}
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_bad_record_in_a_worker_process_is_the_one_line_error(tokenizer, tmp_path, num_proc):
+    """The second worker (or this process, after two full batches) meets the bad record; the error is ours,
+    naming file, line and field, and nothing is left in the cache."""
+    records = corpus(30_000)
+    records[24_000] = {"instruction": "no output here"}
     path = write(tmp_path / "bad.jsonl", records, "jsonl")
     with pytest.raises(UnituneError) as err:
-        D.prepare([path], tokenizer, get_template("alpaca"), 64, False, tmp_path / "cache", num_proc=2)
+        D.prepare([path], tokenizer, get_template("alpaca"), 64, False, tmp_path / "cache", num_proc=num_proc)
     assert type(err.value) is UnituneError
-    assert str(err.value) == f"{path}: line 2401: missing field 'output'"
+    assert str(err.value) == f"{path}: line 24001: missing field 'output'"
     assert not (tmp_path / "cache").exists()  # the folder this run made is gone with the half-written entry

@@ -68,9 +68,9 @@ class DataArgs:
                                    "on where the method and the model's attention allow it", aliases=("--neat_packing",))
     max_samples: Optional[int] = flag(None, "use at most this many training records per dataset")
     cache_dir: Optional[str] = flag(None, "tokenized-data cache; default ~/.cache/unitune/tokenized")
-    preprocessing_num_workers: Optional[int] = flag(None, "processes that normalize and tokenize the data "
-                                                    "(datasets map num_proc); default: one per CPU core for "
-                                                    "more than 20000 records, else 1", aliases=("--num_proc",))
+    preprocessing_num_workers: Optional[int] = flag(None, "worker processes that normalize and tokenize the "
+                                                    "data (datasets map num_proc); default: this one process, "
+                                                    "the tokenizer on every core", aliases=("--num_proc",))
     streaming: bool = flag(False, "read and tokenize while training, never the whole data at once (corpora "
                            "larger than memory); needs --max_steps")
     buffer_size: int = flag(16384, "--streaming: examples in the shuffle buffer")

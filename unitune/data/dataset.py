@@ -4,6 +4,12 @@
    no tokenizer: a bad record is reported before either is even imported);
 2. examples: the normalized records through THE encoding (input_ids, labels, length).
 
+By default both run in this one process, and the Rust tokenizer's own threads give step 2 every core: it
+tokenizes one batch without the GIL while this thread renders the next and writes the one before. Worker
+processes (--preprocessing_num_workers N > 1, datasets' map) are forked from a parent that has imported torch;
+each holds its own batches and tokenizer and touches that parent's pages, so N of them hold several times the
+memory of one process, and they are no faster (bench/data_speed.py runs both).
+
 Cache keys are computed from what a result depends on, never from the records themselves: each data file's
 path, size and modification time and --max_samples (records); those plus the tokenizer, the template,
 --cutoff_len and --train_on_inputs (examples); CACHE_VERSION in both. An entry is a folder of memory-mapped
@@ -23,10 +29,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from unitune.data.encoding import encode_batch, tokenizer_fingerprint
+from unitune.data.encoding import batch_ids, encode_batch, labelled, render_batch, tokenizer_fingerprint
 from unitune.data.readers import check_file, iter_raw
 from unitune.data.schema import normalize_raw
 from unitune.errors import UnituneError
@@ -35,7 +42,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = "3"  # bump when reading, normalizing or tokenization changes meaning
 META = "meta.json"
-AUTO_PROCESSES_FROM = 20_000  # below this many records, starting worker processes costs more than it saves
 BATCH = 1000  # records per map batch: one tokenizer call each
 FIELDS = ("system", "history", "instruction", "input", "output")
 
@@ -73,8 +79,8 @@ def fingerprint(paths: list[Path], tokenizer, template, cutoff_len: int, train_o
 
 
 def _workers(num_proc: int | None, rows: int) -> int | None:
-    wanted = num_proc if num_proc is not None else (os.cpu_count() or 1) if rows > AUTO_PROCESSES_FROM else 1
-    wanted = max(1, min(wanted, rows // BATCH or 1))
+    """datasets' map num_proc: worker processes only where asked for, never more than there are batches."""
+    wanted = max(1, min(num_proc or 1, rows // BATCH or 1))
     return wanted if wanted > 1 else None
 
 
@@ -139,30 +145,45 @@ def _normalize_rows(batch: dict, files: list[str]) -> dict:
     return {name: [r[name] for r in records] for name in FIELDS}
 
 
-def _write_raw(paths: list[Path], target: Path, max_samples: int | None) -> list[int]:
-    """Every record of every file as (file index, location, JSON text) rows of one Arrow file; the counts."""
-    from datasets import Features, Value
+def _write_arrow(target: Path, features, batches: Iterator[dict]) -> None:
+    """Batches of columns into one Arrow file that datasets memory-maps. pyarrow makes each column at once
+    (datasets' own writer types values one by one, at three times the cost)."""
+    import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
-    counts = []
-    features = Features({"file": Value("int32"), "loc": Value("string"), "raw": Value("large_string")})
+    schema = features.arrow_schema
     with ArrowWriter(features=features, path=str(target)) as writer:
-        for index, path in enumerate(paths):
-            rows: dict[str, list] = {"file": [], "loc": [], "raw": []}
-            count = 0
-            for where, raw in iter_raw(path, max_samples):
-                rows["file"].append(index)
-                rows["loc"].append(where)
-                rows["raw"].append(raw)
-                count += 1
-                if len(rows["raw"]) == 10_000:
-                    writer.write_batch(rows)
-                    rows = {"file": [], "loc": [], "raw": []}
-            if rows["raw"]:
-                writer.write_batch(rows)
-            counts.append(count)
+        for columns in batches:
+            writer.write_table(pa.table([pa.array(columns[f.name], f.type) for f in schema], schema=schema))
         writer.finalize()
-    return counts
+
+
+def _file_rows(paths: list[Path], max_samples: int | None, counts: list[int]) -> Iterator[tuple[int, str, str]]:
+    """(file index, location, JSON text) of every record of every file; appends each file's count to `counts`."""
+    for index, path in enumerate(paths):
+        count = 0
+        for where, raw in iter_raw(path, max_samples):
+            count += 1
+            yield index, where, raw
+        counts.append(count)
+
+
+def _chunks(rows: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(islice(rows, size)):
+        yield chunk
+
+
+def _raw_batches(paths: list[Path], max_samples: int | None, counts: list[int]) -> Iterator[dict]:
+    for chunk in _chunks(_file_rows(paths, max_samples, counts), 10_000):
+        yield {name: list(column) for name, column in zip(("file", "loc", "raw"), zip(*chunk))}
+
+
+def _record_batches(paths: list[Path], max_samples: int | None, counts: list[int]) -> Iterator[dict]:
+    """The normalized records of every file, read and checked in this process, batch by batch."""
+    names = [str(p) for p in paths]
+    for chunk in _chunks(_file_rows(paths, max_samples, counts), 10_000):
+        records = [normalize_raw(raw, f"{names[index]}: {where}") for index, where, raw in chunk]
+        yield {name: [r[name] for r in records] for name in FIELDS}
 
 
 def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_proc: int | None = None,
@@ -175,16 +196,24 @@ def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_pro
     entry = Path(cache_dir or default_cache_dir()) / f"records-{records_key(paths, max_samples)}"
 
     def build(tmp: Path) -> dict:
-        started = time.perf_counter()
-        counts = _write_raw(paths, tmp / "raw.arrow", max_samples)
-        raw = datasets.Dataset.from_file(str(tmp / "raw.arrow"))
-        records = raw.map(_normalize_rows, batched=True, batch_size=BATCH, num_proc=_workers(num_proc, len(raw)),
-                          fn_kwargs={"files": [str(p) for p in paths]}, remove_columns=raw.column_names,
-                          features=_record_features(), new_fingerprint=entry.name[-24:],
-                          cache_file_name=str(tmp / "records.arrow"), load_from_cache_file=False)
-        files = _files(records)
-        del raw, records
-        (tmp / "raw.arrow").unlink()
+        started, counts = time.perf_counter(), []
+        if not num_proc or num_proc < 2:
+            _write_arrow(tmp / "records.arrow", _record_features(), _record_batches(paths, max_samples, counts))
+            files = ["records.arrow"]
+        else:  # the raw rows first, so that datasets can split them among the worker processes
+            from datasets import Features, Value
+
+            raw_features = Features({"file": Value("int32"), "loc": Value("string"), "raw": Value("large_string")})
+            _write_arrow(tmp / "raw.arrow", raw_features, _raw_batches(paths, max_samples, counts))
+            raw = datasets.Dataset.from_file(str(tmp / "raw.arrow"))
+            records = raw.map(_normalize_rows, batched=True, batch_size=BATCH,
+                              num_proc=_workers(num_proc, len(raw)), fn_kwargs={"files": [str(p) for p in paths]},
+                              remove_columns=raw.column_names, features=_record_features(),
+                              new_fingerprint=entry.name[-24:], cache_file_name=str(tmp / "records.arrow"),
+                              load_from_cache_file=False)
+            files = _files(records)
+            del raw, records
+            (tmp / "raw.arrow").unlink()
         return {"records": sum(counts), "counts": counts, "sources": [str(p) for p in paths], "files": files,
                 "seconds": time.perf_counter() - started}
 
@@ -204,16 +233,44 @@ def _example_features():
     return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "length": Value("int32")})
 
 
+def _columns(examples: list[dict | None]) -> dict:
+    kept = [e for e in examples if e]
+    return {"input_ids": [e["input_ids"] for e in kept], "labels": [e["labels"] for e in kept],
+            "length": [len(e["input_ids"]) for e in kept]}
+
+
 def _examples(records: list[dict], tokenizer, template, cutoff_len: int, train_on_inputs: bool) -> dict:
-    examples = [e for e in encode_batch(tokenizer, template, records, cutoff_len, train_on_inputs) if e]
-    return {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples],
-            "length": [len(e["input_ids"]) for e in examples]}
+    return _columns(encode_batch(tokenizer, template, records, cutoff_len, train_on_inputs))
+
+
+def _rows(batch: dict) -> list[dict]:
+    return [dict(zip(FIELDS, values)) for values in zip(*(batch[name] for name in FIELDS))]
 
 
 def _encode_rows(batch: dict, **settings) -> dict:
     """One map batch of normalized records -> their examples (fewer where truncation left no response)."""
-    records = [dict(zip(FIELDS, values)) for values in zip(*(batch[name] for name in FIELDS))]
-    return _examples(records, **settings)
+    return _examples(_rows(batch), **settings)
+
+
+def _encoded_batches(records, tokenizer, template, cutoff_len: int, train_on_inputs: bool) -> Iterator[dict]:
+    """Step 2 in this process, the examples batch by batch in the order of the records: while the tokenizer's
+    threads tokenize batch k (without the GIL), this thread reads and renders batch k+1, and labels batch k-1
+    and writes it (the caller, between two items)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def finished(rendered, ids) -> dict:
+        return _columns(labelled(tokenizer, template, rendered, ids.result(), cutoff_len, train_on_inputs))
+
+    with ThreadPoolExecutor(1) as tokenizing:
+        pending = None
+        for batch in records.iter(batch_size=BATCH):
+            rendered = render_batch(template, _rows(batch))
+            ids = tokenizing.submit(batch_ids, tokenizer, rendered)
+            if pending:
+                yield finished(*pending)
+            pending = rendered, ids
+        if pending:
+            yield finished(*pending)
 
 
 def prepare(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_inputs: bool,
@@ -237,12 +294,16 @@ def prepare(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_in
 
     def build(tmp: Path) -> dict:
         started = time.perf_counter()
-        examples = records.map(_encode_rows, batched=True, batch_size=BATCH, num_proc=workers,
-                               fn_kwargs={"tokenizer": tokenizer, "template": template, "cutoff_len": cutoff_len,
-                                          "train_on_inputs": train_on_inputs},
-                               remove_columns=records.column_names, features=_example_features(),
-                               new_fingerprint=key, cache_file_name=str(tmp / "examples.arrow"),
-                               load_from_cache_file=False)
+        settings = {"tokenizer": tokenizer, "template": template, "cutoff_len": cutoff_len,
+                    "train_on_inputs": train_on_inputs}
+        if workers:
+            examples = records.map(_encode_rows, batched=True, batch_size=BATCH, num_proc=workers,
+                                   fn_kwargs=settings, remove_columns=records.column_names,
+                                   features=_example_features(), new_fingerprint=key,
+                                   cache_file_name=str(tmp / "examples.arrow"), load_from_cache_file=False)
+        else:
+            _write_arrow(tmp / "examples.arrow", _example_features(), _encoded_batches(records, **settings))
+            examples = datasets.Dataset.from_file(str(tmp / "examples.arrow"))
         if not len(examples):
             raise UnituneError(f"no trainable example left after truncation to --cutoff_len {cutoff_len}")
         return {"records": len(records), "dropped": len(records) - len(examples), "examples": len(examples),
@@ -252,9 +313,9 @@ def prepare(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_in
     if meta["dropped"]:
         log.warning("dropped %d of %d examples: --cutoff_len %d left them no response token",
                     meta["dropped"], meta["records"], cutoff_len)
-    log.info("tokenized data: %d examples, cached as %s (%d records in %.1f s, %.0f records/s, %d process(es))",
+    log.info("tokenized data: %d examples, cached as %s (%d records in %.1f s, %.0f records/s, %s)",
              meta["examples"], entry, meta["records"], meta["seconds"], meta["records"] / max(meta["seconds"], 1e-9),
-             workers or 1)
+             f"{workers} processes" if workers else "one process, the tokenizer's threads")
     return Tokenized(examples, meta["records"], meta["dropped"], False, key)
 
 

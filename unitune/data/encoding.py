@@ -49,18 +49,8 @@ def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return ids
 
 
-def encode_batch(tokenizer, template, records: list[dict], cutoff_len: int,
-                 train_on_inputs: bool) -> list[dict | None]:
-    """Token ids and labels of each record; None where truncation leaves no response token.
-
-    The conversation is rendered to one text and tokenized at once, with the tokenizer's own special tokens
-    (bos, ChatGLM's [gMASK] sop), exactly as the front-ends tokenize a prompt (`template.prompt_for`), so the
-    ids of every turn up to a response are what inference feeds the model. Masks come from rendering prefixes:
-    a response's tokens are those between the tokenized prefix ending with its prompt and the one ending with
-    it. The end of a turn is the template's own suffix (never followed by an eos of ours, so `<|im_end|>` is
-    not doubled); a template without one gets eos after the last response only, which teaches the model to
-    stop while the history keeps the template's own text, as each family's prompt code builds it.
-    """
+def render_batch(template, records: list[dict]) -> tuple[list[str], list[str], list[int]]:
+    """Each record's conversation as one text; the prefixes that bound its responses; its turn count."""
     texts, prefixes, turns = [], [], []
     for record in records:
         segments = template.segments(record["instruction"], record["input"], record["output"],
@@ -74,22 +64,54 @@ def encode_batch(tokenizer, template, records: list[dict], cutoff_len: int,
                 prefixes.append(text)  # where it ends (the last one runs to the end)
         texts.append(text)
         turns.append(len(segments))
-    all_ids, all_prefixes = _token_ids(tokenizer, texts), iter(_token_ids(tokenizer, prefixes))
+    return texts, prefixes, turns
+
+
+def batch_ids(tokenizer, rendered: tuple[list[str], list[str], list[int]]) -> list[list[int]]:
+    """The token ids of a rendered batch's texts, then of its prefixes: one tokenizer call (the part the Rust
+    tokenizer runs on its own threads, without the GIL)."""
+    texts, prefixes, _ = rendered
+    return _token_ids(tokenizer, texts + prefixes)
+
+
+def labelled(tokenizer, template, rendered: tuple[list[str], list[str], list[int]], ids: list[list[int]],
+             cutoff_len: int, train_on_inputs: bool) -> list[dict | None]:
+    """The examples of a rendered batch from its `batch_ids`: labels are the tokens between the tokenized
+    prefixes that bound each response."""
+    texts, _, turns = rendered
+    all_prefixes = iter(ids[len(texts):])
     eos = None if template.ends_turns_itself() else tokenizer.eos_token_id
     out: list[dict | None] = []
-    for ids, n_turns in zip(all_ids, turns):
-        ids = list(ids)
-        labels = list(ids) if train_on_inputs else [-100] * len(ids)
+    for ids_of_text, n_turns in zip(ids, turns):
+        ids_of_text = list(ids_of_text)
+        labels = list(ids_of_text) if train_on_inputs else [-100] * len(ids_of_text)
         for turn in range(n_turns):
-            start = _common_prefix(next(all_prefixes), ids)
-            stop = len(ids) if turn == n_turns - 1 else _common_prefix(next(all_prefixes), ids)
-            labels[start:stop] = ids[start:stop]
+            start = _common_prefix(next(all_prefixes), ids_of_text)
+            stop = len(ids_of_text) if turn == n_turns - 1 else _common_prefix(next(all_prefixes), ids_of_text)
+            labels[start:stop] = ids_of_text[start:stop]
         if eos is not None:
-            ids.append(eos)
+            ids_of_text.append(eos)
             labels.append(eos)
-        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-        out.append(None if labels.count(-100) == len(labels) else {"input_ids": ids, "labels": labels})
+        ids_of_text, labels = ids_of_text[:cutoff_len], labels[:cutoff_len]
+        out.append(None if labels.count(-100) == len(labels) else {"input_ids": ids_of_text, "labels": labels})
     return out
+
+
+def encode_batch(tokenizer, template, records: list[dict], cutoff_len: int,
+                 train_on_inputs: bool) -> list[dict | None]:
+    """Token ids and labels of each record; None where truncation leaves no response token.
+
+    The conversation is rendered to one text and tokenized at once, with the tokenizer's own special tokens
+    (bos, ChatGLM's [gMASK] sop), exactly as the front-ends tokenize a prompt (`template.prompt_for`), so the
+    ids of every turn up to a response are what inference feeds the model. Masks come from rendering prefixes:
+    a response's tokens are those between the tokenized prefix ending with its prompt and the one ending with
+    it. The end of a turn is the template's own suffix (never followed by an eos of ours, so `<|im_end|>` is
+    not doubled); a template without one gets eos after the last response only, which teaches the model to
+    stop while the history keeps the template's own text, as each family's prompt code builds it.
+    The three steps (render_batch, batch_ids, labelled) are apart so a caller can overlap them across batches.
+    """
+    rendered = render_batch(template, records)
+    return labelled(tokenizer, template, rendered, batch_ids(tokenizer, rendered), cutoff_len, train_on_inputs)
 
 
 def encode(tokenizer, template, record: dict, cutoff_len: int, train_on_inputs: bool) -> dict | None:
