@@ -11,8 +11,6 @@ the alpaca template and the same cutoff, each in its own process, one after the 
 - unitune_cold: the training flow's data step (unitune.train.prepare_data: read, check and normalize, load the
   tokenizer, encode), into an empty cache, with unitune's default (one process, the Rust tokenizer's threads);
 - unitune_cached: the same again: a cache hit;
-- unitune_num_proc_<cores>: unitune_cold with --preprocessing_num_workers <cores> (datasets' worker processes)
-  into another empty cache;
 - unitune_cached_to_training: uniform_finetune.py --max_steps 1 on that cache: seconds from the command's start
   until training starts (the training progress bar's first line on its stderr, timed as it is written);
 - unitune_imports_only: a process that only imports what a training run imports (torch, transformers, peft
@@ -223,16 +221,6 @@ def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int, pro
         runs[name] = measure([sys.executable, "-c", UNITUNE, *flags], env={"PYTHONPATH": str(ROOT)})
         if runs[name]["status"] == "ok":
             runs[name]["records"] = records
-    # datasets' worker processes instead of the default's one process with the tokenizer's threads
-    name = f"unitune_num_proc_{processes}"
-    workers = ["--cache_dir", str(work / "unitune-cache-workers"), "--preprocessing_num_workers", str(processes)]
-    runs[name] = measure([sys.executable, "-c", UNITUNE, *flags, *workers], env={"PYTHONPATH": str(ROOT)})
-    if runs[name]["status"] == "ok":
-        runs[name]["records"] = records
-    expected = {"unitune_cold": False, "unitune_cached": True, name: False}
-    for name, hit in expected.items():
-        if runs[name].get("status") == "ok" and runs[name]["from_cache"] is not hit:
-            runs[name] = {"status": "failed", "error": f"from_cache is {runs[name]['from_cache']}, expected {hit}"}
     train = measure([sys.executable, str(ROOT / "uniform_finetune.py"), *flags, "--max_steps", "1",
                      "--per_gpu_train_batch_size", "2", "--logging_steps", "1", "--eval_samples", "0"],
                     marker=TRAINING_STARTS)
@@ -247,6 +235,15 @@ def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int, pro
     if imports["status"] == "ok":
         imports["seconds_to_training"] = imports.pop("seconds_to_marker")
     runs["unitune_imports_only"] = imports
+    # datasets' worker processes instead of the default's one process with the tokenizer's threads
+    workers = f"unitune_num_proc_{processes}"
+    runs[workers] = measure([sys.executable, "-c", UNITUNE, *flags, "--cache_dir", str(work / "unitune-cache-workers"),
+                             "--preprocessing_num_workers", str(processes)], env={"PYTHONPATH": str(ROOT)})
+    if runs[workers]["status"] == "ok":
+        runs[workers]["records"] = records
+    for name, hit in {"unitune_cold": False, "unitune_cached": True, workers: False}.items():
+        if runs[name].get("status") == "ok" and runs[name]["from_cache"] is not hit:
+            runs[name] = {"status": "failed", "error": f"from_cache is {runs[name]['from_cache']}, expected {hit}"}
     return runs
 
 

@@ -411,3 +411,25 @@ def test_bad_record_in_a_worker_process_is_the_one_line_error(tokenizer, tmp_pat
     assert type(err.value) is UnituneError
     assert str(err.value) == f"{path}: line 24001: missing field 'output'"
     assert not (tmp_path / "cache").exists()  # the folder this run made is gone with the half-written entry
+
+
+def test_a_run_whose_tokens_are_cached_never_opens_the_records(tokenizer, tmp_path, monkeypatch):
+    """The training flow checks the records before the tokenizer loads (load_records with load=False): that
+    writes them where absent, and opens them only when examples must be made from them."""
+    from unitune.data import dataset
+
+    path = write(tmp_path / "a.jsonl", corpus(60), "jsonl")
+    template = get_template("alpaca")
+    records, meta, hit = D.load_records([path], tmp_path / "cache", load=False)
+    assert records is None and not hit and meta["records"] == 60
+    opened = []
+    real = dataset.load_entry
+    monkeypatch.setattr(dataset, "load_entry", lambda entry: (opened.append(entry.name), real(entry))[1])
+    records, meta, hit = D.load_records([path], tmp_path / "cache", load=False)
+    assert records is None and hit and opened == []
+    first = D.prepare([path], tokenizer, template, 64, False, tmp_path / "cache")
+    assert not first.from_cache and opened[0].startswith("records-") and len(opened) == 2  # records, then tokens
+    D.load_records([path], tmp_path / "cache", load=False)
+    second = D.prepare([path], tokenizer, template, 64, False, tmp_path / "cache")
+    assert second.from_cache and len(opened) == 3 and not opened[2].startswith("records-")
+    assert second.examples[:] == first.examples[:]

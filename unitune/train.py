@@ -257,7 +257,8 @@ def prepare_data(model_args, data_args, train_args, paths: list):
     try:
         with main_process_first():
             if not data_args.streaming:  # checked and normalized before torch or a tokenizer is imported
-                D.load_records(paths, data_args.cache_dir, data_args.preprocessing_num_workers, data_args.max_samples)
+                D.load_records(paths, data_args.cache_dir, data_args.preprocessing_num_workers, data_args.max_samples,
+                               load=False)
             tokenizer, template = load_tokenizer_and_template(model_args, "train")
             if data_args.streaming:
                 stream = D.stream(paths, tokenizer, template, data_args.cutoff_len, data_args.train_on_inputs,

@@ -102,10 +102,16 @@ def load_entry(entry: Path):
     return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), meta
 
 
-def _cached(entry: Path, build: Callable[[Path], dict]) -> tuple[Any, dict, bool]:
-    """The entry's dataset and meta; `build(tmp)` writes it into a temporary folder first when absent."""
-    if (entry / META).is_file():
-        return (*load_entry(entry), True)
+def _cached(entry: Path, build: Callable[[Path], dict], load: bool = True) -> tuple[Any, dict, bool]:
+    """The entry's dataset (None unless `load`), meta and whether it was there; `build(tmp)` writes it into a
+    temporary folder first when absent."""
+    hit = (entry / META).is_file()
+    if not hit:
+        _build(entry, build)
+    return (load_entry(entry)[0] if load else None), json.loads((entry / META).read_text()), hit
+
+
+def _build(entry: Path, build: Callable[[Path], dict]) -> None:
     made = [folder for folder in entry.parents if not folder.exists()]
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -123,7 +129,6 @@ def _cached(entry: Path, build: Callable[[Path], dict]) -> tuple[Any, dict, bool
         if unwrapped is err:
             raise
         raise unwrapped from None
-    return (*load_entry(entry), False)
 
 
 def _files(dataset) -> list[str]:
@@ -187,8 +192,10 @@ def _record_batches(paths: list[Path], max_samples: int | None, counts: list[int
 
 
 def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_proc: int | None = None,
-                 max_samples: int | None = None):
-    """Step 1: the checked, normalized records of `paths` as an Arrow dataset (cached); (dataset, meta, hit)."""
+                 max_samples: int | None = None, load: bool = True):
+    """Step 1: the checked, normalized records of `paths` as an Arrow dataset (cached); (dataset, meta, hit).
+    With `load` false only the check: the records are written where absent and not opened (a run whose
+    tokens are cached never reads them)."""
     import datasets
 
     datasets.disable_progress_bars()  # a bad record must be the only line; we log what was done
@@ -217,7 +224,7 @@ def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_pro
         return {"records": sum(counts), "counts": counts, "sources": [str(p) for p in paths], "files": files,
                 "seconds": time.perf_counter() - started}
 
-    records, meta, hit = _cached(entry, build)
+    records, meta, hit = _cached(entry, build, load)
     if hit:
         log.info("records: %d checked records found in %s, reading skipped", meta["records"], entry)
     else:
