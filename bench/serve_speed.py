@@ -49,6 +49,13 @@ QUESTIONS = ["Add the numbers 23 and 48.", "Reverse the list [4, 9, 1, 7].", "Wh
 TARGET = 4.0
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server or torchrun's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextmanager
 def web_server(flags: list[str], env: dict[str, str], log_path: Path | None = None, startup_s: float = 300):
     """web.py with `flags` on a free loopback port until the block ends; yields its URL once /health answers.
@@ -56,9 +63,7 @@ def web_server(flags: list[str], env: dict[str, str], log_path: Path | None = No
     raises with the end of that output. tests/test_web.py starts its servers through this too."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            **env}
     with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
               "runs": runs,
               "summary": {"speedup_16_clients_batched_vs_one_at_a_time": speedup, "rounds_speedup": paired,
                           "target": TARGET, "met": speedup is not None and speedup >= TARGET}}
-    from unitune.evaluation.records import write_atomic
+    from unitune.writable import write_atomic
 
     write_atomic(Path(args.out), json.dumps(result, indent=2))
     print(table(result))

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python bench/train_speed.py" + (" --quick" if args.quick else "")
                          + (" --peers" if args.peers else ""),
               "runs": runs, "ratios": ratios(runs)}
-    from unitune.evaluation.records import write_atomic
+    from unitune.writable import write_atomic
 
     write_atomic(Path(args.out), json.dumps(result, indent=2))
     print(table(result))

@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.serve_speed import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = [{"instruction": f"Add {i} and {i * 3 + 1}." + " Think step by step." * (i % 4), "input": "",
             "output": f"{i} + {i * 3 + 1} = {4 * i + 1}. Answer: {4 * i + 1}"} for i in range(16)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(launcher: list[str], model: Path, data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
@@ -41,7 +36,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_model, 
     data.write_text(json.dumps(RECORDS))
     torchrun = str(Path(sys.executable).parent / "torchrun")
     one = _train([sys.executable], model, data, tmp_path / "one")  # batch 4 x accumulation 2
-    two = _train([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port())], model, data,
+    two = _train([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())], model, data,
                  tmp_path / "two")  # 2 processes x batch 4, accumulation 1
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
@@ -71,7 +66,7 @@ def test_streamed_run_under_torchrun_trains_on_the_stream_like_one_process(tiny_
     stream = ["--streaming", "--buffer_size", "8"]
     torchrun = str(Path(sys.executable).parent / "torchrun")
     one = _train([sys.executable], model, data, tmp_path / "one", *stream)
-    two = _train([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port())], model, data,
+    two = _train([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port())], model, data,
                  tmp_path / "two", *stream)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -36,12 +35,6 @@ def endless_copy(model_dir: Path, out: Path, min_new_tokens: int = 10000) -> Pat
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     (out / "generation_config.json").write_text(json.dumps({**config, "min_new_tokens": min_new_tokens}))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

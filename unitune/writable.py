@@ -1,9 +1,11 @@
 """Where a run will write, checked before anything loads: a file in the way or a place nobody may write to
-must be one line naming the flag, not an OSError after the model has loaded and the data was tokenized."""
+must be one line naming the flag, not an OSError after the model has loaded and the data was tokenized; and
+results written whole or not at all."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from unitune.errors import UnituneError
@@ -34,3 +36,19 @@ def check_output_file(path: str | Path, flag: str) -> None:
     if path.is_dir():
         raise UnituneError(f"{flag} {path}: is a directory, not a file")
     check_output_dir(path.parent, flag)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so a reader sees either the old one or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from unitune.errors import UnituneError
-from unitune.evaluation.records import mean, where, write_atomic
+from unitune.evaluation.records import mean, where
+from unitune.writable import write_atomic
 
 FIELDS = ("prediction", "question", "class")
 METHODS = ("generate",)

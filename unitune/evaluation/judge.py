@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from unitune.errors import UnituneError
-from unitune.evaluation.records import write_atomic
+from unitune.writable import write_atomic
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from unitune.evaluation.records import write_atomic
+from unitune.writable import write_atomic
 
 log = logging.getLogger(__name__)
 KEEP = ("id", "answer", "subject", "domain", "class", "question")  # question fields a predictions line repeats

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,21 +54,6 @@ def where(record: dict, path: str | Path | None = None) -> str:
     place = f"line {line}" if line else f"record {record.get('id', '?')}"
     return f"{path}: {place}" if path else place
 
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so a reader sees either the old one or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def mean(values: list[float]) -> float | None:

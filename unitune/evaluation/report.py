@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from unitune.errors import UnituneError
-from unitune.evaluation.records import json_dump, write_atomic
+from unitune.evaluation.records import json_dump
+from unitune.writable import write_atomic
 
 RESULT_FIELDS = ("benchmark", "overall", "breakdown")
 
