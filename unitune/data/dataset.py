@@ -1,4 +1,4 @@
-"""Training data as Arrow, in two cached steps, each in `num_proc` processes:
+"""Training data as Arrow, in two cached steps:
 
 1. records: every file is read record by record into Arrow and each record checked and normalized (no torch,
    no tokenizer: a bad record is reported before either is even imported);
@@ -8,7 +8,7 @@ By default both run in this one process, and the Rust tokenizer's own threads gi
 tokenizes one batch without the GIL while this thread renders the next and writes the one before. Worker
 processes (--preprocessing_num_workers N > 1, datasets' map) are forked from a parent that has imported torch;
 each holds its own batches and tokenizer and touches that parent's pages, so N of them hold several times the
-memory of one process, and they are no faster (bench/data_speed.py runs both).
+memory of one process for a little more speed (bench/data_speed.py runs both).
 
 Cache keys are computed from what a result depends on, never from the records themselves: each data file's
 path, size and modification time and --max_samples (records); those plus the tokenizer, the template,
