@@ -212,10 +212,9 @@ print(json.dumps({"seconds": seconds, "examples": len(module["train_dataset"])})
 
 
 def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int, processes: int) -> dict:
-    cache = work / "unitune-cache"
-    flags = ["--model_name_or_path", str(model_dir), "--data", str(data_file), "--cutoff_len", str(CUTOFF),
-             "--template", "alpaca", "--cache_dir", str(cache), "--output_dir", str(work / "unitune-out"),
-             "--eval_base", "false"]
+    common = ["--model_name_or_path", str(model_dir), "--data", str(data_file), "--cutoff_len", str(CUTOFF),
+              "--template", "alpaca", "--output_dir", str(work / "unitune-out"), "--eval_base", "false"]
+    flags = [*common, "--cache_dir", str(work / "unitune-cache")]
     runs = {}
     for name in ("unitune_cold", "unitune_cached"):
         runs[name] = measure([sys.executable, "-c", UNITUNE, *flags], env={"PYTHONPATH": str(ROOT)})
@@ -237,7 +236,7 @@ def unitune_runs(model_dir: Path, data_file: Path, work: Path, records: int, pro
     runs["unitune_imports_only"] = imports
     # datasets' worker processes instead of the default's one process with the tokenizer's threads
     workers = f"unitune_num_proc_{processes}"
-    runs[workers] = measure([sys.executable, "-c", UNITUNE, *flags, "--cache_dir", str(work / "unitune-cache-workers"),
+    runs[workers] = measure([sys.executable, "-c", UNITUNE, *common, "--cache_dir", str(work / "unitune-cache-workers"),
                              "--preprocessing_num_workers", str(processes)], env={"PYTHONPATH": str(ROOT)})
     if runs[workers]["status"] == "ok":
         runs[workers]["records"] = records

@@ -102,7 +102,8 @@ def read_input(data: str, max_samples: int | None, data_dir: str | None = None
 
 # what an answer depends on besides its record, with the flag that sets it (in the order a change is named)
 SETTING_FLAGS = {"model": "--model_name_or_path", "adapter": "--adapter", "template": "--template",
-                 "template_digest": "--template", "decoding": "--decoding", "generate_kwargs": None, "max_new_tokens": "--max_new_tokens",
+                 "template_digest": "--template", "decoding": "--decoding", "generate_kwargs": None,
+                 "max_new_tokens": "--max_new_tokens",
                  "quantization_bit": "--quantization_bit", "compute_dtype": "--compute_dtype"}
 
 

@@ -108,7 +108,8 @@ def _cached(entry: Path, build: Callable[[Path], dict], load: bool = True) -> tu
     hit = (entry / META).is_file()
     if not hit:
         _build(entry, build)
-    return (load_entry(entry)[0] if load else None), json.loads((entry / META).read_text()), hit
+    dataset, meta = load_entry(entry) if load else (None, json.loads((entry / META).read_text()))
+    return dataset, meta, hit
 
 
 def _build(entry: Path, build: Callable[[Path], dict]) -> None:
@@ -150,10 +151,10 @@ def _normalize_rows(batch: dict, files: list[str]) -> dict:
     return {name: [r[name] for r in records] for name in FIELDS}
 
 
-def _write_arrow(target: Path, features, batches: Iterator[dict]) -> None:
-    """Batches of columns into one Arrow file that datasets memory-maps. pyarrow makes each column at once
-    (datasets' own writer types the values one by one in Python, which a profile showed costing several times
-    as much)."""
+def _write_arrow(target: Path, features, batches: Iterator[dict]) -> int:
+    """Batches of columns into one Arrow file that datasets memory-maps; the rows written. pyarrow makes each
+    column at once (datasets' own writer types the values one by one in Python, which a profile showed costing
+    several times as much)."""
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
@@ -161,7 +162,8 @@ def _write_arrow(target: Path, features, batches: Iterator[dict]) -> None:
     with ArrowWriter(features=features, path=str(target)) as writer:
         for columns in batches:
             writer.write_table(pa.table([pa.array(columns[f.name], f.type) for f in schema], schema=schema))
-        writer.finalize()
+        rows, _ = writer.finalize()
+    return rows
 
 
 def _file_rows(paths: list[Path], max_samples: int | None, counts: list[int]) -> Iterator[tuple[int, str, str]]:
@@ -184,14 +186,6 @@ def _raw_batches(paths: list[Path], max_samples: int | None, counts: list[int]) 
         yield {name: list(column) for name, column in zip(("file", "loc", "raw"), zip(*chunk))}
 
 
-def _record_batches(paths: list[Path], max_samples: int | None, counts: list[int]) -> Iterator[dict]:
-    """The normalized records of every file, read and checked in this process, batch by batch."""
-    names = [str(p) for p in paths]
-    for chunk in _chunks(_file_rows(paths, max_samples, counts), 10_000):
-        records = [normalize_raw(raw, f"{names[index]}: {where}") for index, where, raw in chunk]
-        yield {name: [r[name] for r in records] for name in FIELDS}
-
-
 def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_proc: int | None = None,
                  max_samples: int | None = None, load: bool = True):
     """Step 1: the checked, normalized records of `paths` as an Arrow dataset (cached); (dataset, meta, hit).
@@ -204,9 +198,10 @@ def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_pro
     entry = Path(cache_dir or default_cache_dir()) / f"records-{records_key(paths, max_samples)}"
 
     def build(tmp: Path) -> dict:
-        started, counts = time.perf_counter(), []
-        if not num_proc or num_proc < 2:
-            _write_arrow(tmp / "records.arrow", _record_features(), _record_batches(paths, max_samples, counts))
+        started, counts, names = time.perf_counter(), [], [str(p) for p in paths]
+        if not num_proc or num_proc < 2:  # read, checked and normalized here, batch by batch
+            normalized = (_normalize_rows(batch, names) for batch in _raw_batches(paths, max_samples, counts))
+            _write_arrow(tmp / "records.arrow", _record_features(), normalized)
             files = ["records.arrow"]
         else:  # the raw rows first, so that datasets can split them among the worker processes
             from datasets import Features, Value
@@ -215,14 +210,14 @@ def load_records(paths: list[Path], cache_dir: str | Path | None = None, num_pro
             _write_arrow(tmp / "raw.arrow", raw_features, _raw_batches(paths, max_samples, counts))
             raw = datasets.Dataset.from_file(str(tmp / "raw.arrow"))
             records = raw.map(_normalize_rows, batched=True, batch_size=BATCH,
-                              num_proc=_workers(num_proc, len(raw)), fn_kwargs={"files": [str(p) for p in paths]},
+                              num_proc=_workers(num_proc, len(raw)), fn_kwargs={"files": names},
                               remove_columns=raw.column_names, features=_record_features(),
                               new_fingerprint=entry.name[-24:], cache_file_name=str(tmp / "records.arrow"),
                               load_from_cache_file=False)
             files = _files(records)
             del raw, records
             (tmp / "raw.arrow").unlink()
-        return {"records": sum(counts), "counts": counts, "sources": [str(p) for p in paths], "files": files,
+        return {"records": sum(counts), "counts": counts, "sources": names, "files": files,
                 "seconds": time.perf_counter() - started}
 
     records, meta, hit = _cached(entry, build, load)
@@ -309,13 +304,14 @@ def prepare(paths: list[Path], tokenizer, template, cutoff_len: int, train_on_in
                                    fn_kwargs=settings, remove_columns=records.column_names,
                                    features=_example_features(), new_fingerprint=key,
                                    cache_file_name=str(tmp / "examples.arrow"), load_from_cache_file=False)
+            count, files = len(examples), _files(examples)
         else:
-            _write_arrow(tmp / "examples.arrow", _example_features(), _encoded_batches(records, **settings))
-            examples = datasets.Dataset.from_file(str(tmp / "examples.arrow"))
-        if not len(examples):
+            count = _write_arrow(tmp / "examples.arrow", _example_features(), _encoded_batches(records, **settings))
+            files = ["examples.arrow"]
+        if not count:
             raise UnituneError(f"no trainable example left after truncation to --cutoff_len {cutoff_len}")
-        return {"records": len(records), "dropped": len(records) - len(examples), "examples": len(examples),
-                "files": _files(examples), "seconds": time.perf_counter() - started}
+        return {"records": len(records), "dropped": len(records) - count, "examples": count, "files": files,
+                "seconds": time.perf_counter() - started}
 
     examples, meta, _ = _cached(entry, build)
     if meta["dropped"]:
